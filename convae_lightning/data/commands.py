@@ -1,0 +1,103 @@
+"""``convae data ...`` subcommands (jsonargparse builds their CLI from these signatures)."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from convae_lightning.data.datamodule import TimitDataModule, embedded_corpus_root
+from convae_lightning.data.features import Representation
+from convae_lightning.data.prepare import CorpusOptions
+from convae_lightning.data.splits import SplitScheme
+from convae_lightning.data.stats import corpus_stats, print_stats
+from convae_lightning.data.timit import OnError
+
+
+def stats(
+    root: str | None = None,
+    split_scheme: SplitScheme = "thesis",
+    val_fraction: float = 0.1,
+    include_sa: bool = False,
+    discard_longest: float = 0.05,
+    on_error: OnError = "raise",
+    json_output: bool = False,
+) -> None:
+    """Describe a TIMIT-layout corpus: utterances, speakers, phones per class, durations.
+
+    Args:
+        root: corpus folder (holding TRAIN/ and TEST/); default: the embedded corpus.
+        split_scheme: thesis or standard.
+        val_fraction: share of TRAIN speakers held out for validation (thesis scheme).
+        include_sa: keep the SA sentences.
+        discard_longest: fraction of longest training phones discarded before padding.
+        on_error: raise on the first bad file, or skip bad files with a warning.
+        json_output: print JSON instead of tables.
+    """
+    options = CorpusOptions(
+        include_sa=include_sa,
+        split_scheme=split_scheme,
+        val_fraction=val_fraction,
+        discard_longest=discard_longest,
+        on_error=on_error,
+    )
+    result = corpus_stats(root or embedded_corpus_root(), options)
+    if json_output:
+        print(json.dumps(result, indent=2))
+    else:
+        print_stats(result, Console())
+
+
+def prepare(
+    root: str | None = None,
+    cache_dir: str | None = None,
+    split_scheme: SplitScheme = "thesis",
+    val_fraction: float = 0.1,
+    include_sa: bool = False,
+    discard_longest: float = 0.05,
+    num_frames: int | None = None,
+    representation: Representation = "real",
+    deltas: int = 0,
+    on_error: OnError = "raise",
+    seed: int = 0,
+) -> None:
+    """Build the feature cache of a corpus (what a training run's prepare_data does).
+
+    Args:
+        root: corpus folder (holding TRAIN/ and TEST/); default: the embedded corpus.
+        cache_dir: where caches live (default $CONVAE_CACHE_DIR or ~/.cache/convae-lightning).
+        split_scheme: thesis or standard.
+        val_fraction: share of TRAIN speakers held out for validation (thesis scheme).
+        include_sa: keep the SA sentences.
+        discard_longest: fraction of longest training phones discarded before padding.
+        num_frames: force the patch width T.
+        representation: real, magnitude, magnitude_phase, real_imag, log_mel or mfcc.
+        deltas: 0, 1 or 2 delta channels.
+        on_error: raise on the first bad file, or skip bad files with a warning.
+        seed: seed of the validation-speaker choice.
+    """
+    datamodule = TimitDataModule(
+        root=root,
+        cache_dir=cache_dir,
+        split_scheme=split_scheme,
+        val_fraction=val_fraction,
+        include_sa=include_sa,
+        discard_longest=discard_longest,
+        num_frames=num_frames,
+        representation=representation,
+        deltas=deltas,
+        on_error=on_error,
+        seed=seed,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    meta = datamodule.meta
+    console = Console()
+    console.print(f"cache: {datamodule.cache_path}")
+    console.print(f"patch shape (C, F, T): {tuple(meta['input_shape'])}")
+    for split in ("train", "val", "test"):
+        console.print(
+            f"{split}: {meta['kept'][split]} phones kept, {meta['discarded'][split]} discarded "
+            f"(longer than {meta['max_phone_length']} samples), "
+            f"{len(meta['split_speakers'][split])} speakers"
+        )

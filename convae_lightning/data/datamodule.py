@@ -1,0 +1,265 @@
+"""The one DataModule: TIMIT-layout corpus -> cached patches -> resampled batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
+
+from convae_lightning.data.features import FeatureConfig, Representation
+from convae_lightning.data.phones import PHONES_48
+from convae_lightning.data.prepare import CorpusOptions, build_cache, default_cache_dir
+from convae_lightning.data.sampler import StratifiedResampler
+from convae_lightning.data.splits import SplitScheme
+from convae_lightning.data.timit import OnError
+
+log = logging.getLogger(__name__)
+
+EvalDistribution = Literal["balanced", "natural", "both"]
+
+
+def embedded_corpus_root() -> Path:
+    """The synthetic TIMIT-layout corpus shipped inside the package (``convae_lightning/corpus``)."""
+    return Path(str(resources.files("convae_lightning") / "corpus"))
+
+
+class PatchDataset(Dataset):
+    """Patches of one split, memory-mapped; fetches whole batches at once (``__getitems__``)."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
+        self.features = features
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.array(self.features[index])), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # One fancy-indexing read per batch instead of one per sample (sorted for locality).
+        order = np.argsort(indices, kind="stable")
+        sorted_idx = np.asarray(indices)[order]
+        batch = np.empty((len(indices), *self.features.shape[1:]), dtype=np.float32)
+        batch[order] = self.features[sorted_idx]
+        return torch.from_numpy(batch), self.labels[torch.as_tensor(indices)]
+
+
+def _collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # PatchDataset.__getitems__ already returns a collated batch
+
+
+class TimitDataModule(pl.LightningDataModule):
+    """TIMIT (or any TIMIT-layout corpus) as 201 x T spectrogram patches of single phones.
+
+    ``prepare_data`` builds the feature cache once (keyed by the corpus file list and every
+    setting below); ``setup`` memory-maps it. Training batches are stratified-resampled every epoch
+    (``train_per_class`` per class); validation and test report the ``balanced`` (stratified,
+    ``eval_per_class`` per class) and/or ``natural`` (every phone once) distributions, in the order
+    given by :attr:`eval_views` (one dataloader each).
+
+    Args:
+        root: corpus folder holding ``TRAIN``/``TEST``; ``None`` uses the embedded synthetic corpus.
+        cache_dir: where feature caches live (default ``$CONVAE_CACHE_DIR`` or
+            ``~/.cache/convae-lightning``).
+        split_scheme: ``thesis`` (validation = held-out TRAIN speakers) or ``standard``
+            (50-speaker development set, 24-speaker core test set).
+        val_fraction: share of TRAIN speakers held out for validation (``thesis`` scheme).
+        include_sa: keep the SA sentences (thesis: dropped).
+        discard_longest: fraction of longest training phones dropped before padding (thesis 5%).
+        num_frames: force the patch width T (``None``: from the longest kept phone).
+        representation: ``real`` (thesis), ``magnitude``, ``magnitude_phase``, ``real_imag``,
+            ``log_mel`` or ``mfcc``.
+        deltas: add delta (1) or delta and delta-delta (2) channels.
+        sample_rate: the corpus is resampled to this rate first.
+        n_mels: mel bands (``log_mel``, ``mfcc``).
+        n_mfcc: cepstral coefficients (``mfcc``).
+        train_per_class: examples per class per training epoch (thesis: 500).
+        eval_per_class: examples per class in balanced evaluation (thesis: 200).
+        eval_distribution: ``balanced``, ``natural`` or ``both``.
+        batch_size: examples per batch.
+        num_workers: dataloader workers; ``None`` picks 0 on CPU (batches are single memmap reads,
+            workers would only compete with training for the cores) and 4 with a GPU.
+        on_error: ``raise`` on the first bad corpus file, or ``skip`` bad files with a warning.
+        seed: seed of the per-epoch resampling and of the validation-speaker choice.
+        progress: show a progress bar while building the cache.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        cache_dir: str | None = None,
+        split_scheme: SplitScheme = "thesis",
+        val_fraction: float = 0.1,
+        include_sa: bool = False,
+        discard_longest: float = 0.05,
+        num_frames: int | None = None,
+        representation: Representation = "real",
+        deltas: int = 0,
+        sample_rate: int = 16000,
+        n_mels: int = 40,
+        n_mfcc: int = 13,
+        train_per_class: int = 500,
+        eval_per_class: int = 200,
+        eval_distribution: EvalDistribution = "both",
+        batch_size: int = 256,
+        num_workers: int | None = None,
+        on_error: OnError = "raise",
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in (
+            ("train_per_class", train_per_class),
+            ("eval_per_class", eval_per_class),
+            ("batch_size", batch_size),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if eval_distribution not in ("balanced", "natural", "both"):
+            raise ValueError(
+                "eval_distribution must be 'balanced', 'natural' or 'both', "
+                f"got {eval_distribution!r}"
+            )
+        self.root = Path(root).expanduser() if root is not None else embedded_corpus_root()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.features = FeatureConfig(
+            sample_rate=sample_rate,
+            representation=representation,
+            deltas=deltas,
+            n_mels=n_mels,
+            n_mfcc=n_mfcc,
+        )
+        self.options = CorpusOptions(
+            include_sa=include_sa,
+            split_scheme=split_scheme,
+            val_fraction=val_fraction,
+            split_seed=seed,
+            discard_longest=discard_longest,
+            num_frames=num_frames,
+            on_error=on_error,
+        )
+        self.eval_views: list[str] = (
+            ["balanced", "natural"] if eval_distribution == "both" else [eval_distribution]
+        )
+        self.cache_path: Path | None = None
+        self.meta: dict = {}
+        self.datasets: dict[str, PatchDataset] = {}
+        self.mean_spectrogram: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(PHONES_48)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The 48 class labels; index = class id."""
+        return list(PHONES_48)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, F, T)`` of one patch; known before ``setup`` except for T when derived."""
+        if self.meta:
+            return tuple(self.meta["input_shape"])  # type: ignore[return-value]
+        frames = self.options.num_frames or 16
+        return (self.features.num_channels, self.features.num_bins, frames)
+
+    def _build(self) -> Path:
+        if self.root is not None and not self.root.exists():
+            hint = "" if self.hparams.root else " (the embedded corpus is missing from the package)"
+            raise FileNotFoundError(f"data.root {str(self.root)!r} does not exist{hint}")
+        return build_cache(
+            self.root, self.cache_dir, self.features, self.options, progress=self.hparams.progress
+        )
+
+    def prepare_data(self) -> None:
+        """Build the feature cache (one process; later runs find it by its key)."""
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Memory-map the cache; idempotent."""
+        if self.datasets:
+            return
+        self.cache_path = self._build()  # cheap when prepare_data already built it
+        self.meta = json.loads((self.cache_path / "meta.json").read_text())
+        self.mean_spectrogram = np.load(self.cache_path / "mean.npy")
+        for split in ("train", "val", "test"):
+            features = np.load(self.cache_path / f"{split}_x.npy", mmap_mode="r")
+            labels = np.load(self.cache_path / f"{split}_y.npy")
+            self.datasets[split] = PatchDataset(features, labels)
+        for split, dataset in self.datasets.items():
+            if len(dataset) == 0 and split != "val":
+                log.warning("the %s split of %s holds no phones", split, self.root)
+
+    def _loader(self, split: str, sampler: torch.utils.data.Sampler) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError("call setup() before requesting dataloaders")
+        workers = self.hparams.num_workers
+        on_gpu = torch.cuda.is_available() and self._trainer_on_gpu()
+        if workers is None:
+            workers = 4 if on_gpu else 0
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            collate_fn=_collate_batch,
+            num_workers=workers,
+            pin_memory=on_gpu,
+            persistent_workers=workers > 0,
+        )
+
+    def _trainer_on_gpu(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+
+    def _resampler(self, split: str, per_class: int, seed_offset: int) -> StratifiedResampler:
+        trainer = getattr(self, "trainer", None)
+        world = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
+        return StratifiedResampler(
+            self.datasets[split].labels.numpy(),
+            per_class,
+            seed=self.hparams.seed + seed_offset,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            num_replicas=world[0],
+            rank=world[1],
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self._resampler("train", self.hparams.train_per_class, 0))
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        if len(self.datasets.get(split, ())) == 0:
+            raise RuntimeError(
+                f"the {split} split is empty: the corpus at {self.root} has no speakers for it "
+                "(check val_fraction / split_scheme)"
+            )
+        loaders = []
+        for view in self.eval_views:
+            if view == "balanced":
+                sampler = self._resampler(split, self.hparams.eval_per_class, 1)
+            else:
+                sampler = SequentialSampler(self.datasets[split])
+            loaders.append(self._loader(split, sampler))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def train_eval_dataloader(self) -> list[DataLoader]:
+        """The training split in the evaluation views (for "no training" baselines, thesis A)."""
+        return self._eval_loaders("train")
+
+
+__all__ = ["PatchDataset", "TimitDataModule", "embedded_corpus_root"]

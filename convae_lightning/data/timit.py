@@ -1,0 +1,260 @@
+"""Finding and reading utterances in a TIMIT-layout corpus.
+
+Handles the layouts users actually have: the LDC original (``TRAIN/DR1/FCJF0/SI1027.WAV`` in NIST
+SPHERE, with ``.PHN``/``.WRD``/``.TXT``), all-lowercase trees, the widespread copies whose audio is
+RIFF ``SI1027.WAV.wav``, and ``.flac`` (the embedded corpus). Audio is read with soundfile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+
+from convae_lightning.data.layout import SPHERE_HEADER_BYTES
+from convae_lightning.data.phones import MAP_61_TO_48
+
+OnError = Literal["raise", "skip"]
+
+#: Audio file suffixes in order of preference when several copies of one sentence exist.
+_AUDIO_SUFFIXES = (".wav", ".wav.wav", ".flac")
+_DIALECT = re.compile(r"^dr\d+$", re.IGNORECASE)
+
+
+class CorpusError(ValueError):
+    """A problem with a corpus file; the message names the file (and line) at fault."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path = Path(path)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One sentence of one speaker: where its audio and phone labels are."""
+
+    split: str  # "train" or "test": the corpus's own top-level folder
+    dialect: str  # "DR1".."DR8"
+    speaker: str  # e.g. "FCJF0"
+    sentence: str  # e.g. "SI1027"
+    audio_path: Path
+    phn_path: Path
+
+    @property
+    def utterance_id(self) -> str:
+        return f"{self.split}/{self.dialect}/{self.speaker}/{self.sentence}"
+
+    @property
+    def kind(self) -> str:
+        """Sentence type: ``"SA"``, ``"SI"`` or ``"SX"`` (other prefixes are returned as-is)."""
+        return self.sentence[:2]
+
+
+@dataclass(frozen=True)
+class PhoneSegment:
+    """A phone of an utterance: ``[start, end)`` in samples and its 61-set label."""
+
+    start: int
+    end: int
+    label: str
+
+
+def _audio_stem(name: str) -> tuple[str, int] | None:
+    """``("SI1027", preference)`` for an audio file name (lower preference wins), else ``None``."""
+    lower = name.lower()
+    # Longest suffix first, so that "SI1027.WAV.wav" is not taken for a ".wav" named "SI1027.WAV".
+    for suffix in sorted(_AUDIO_SUFFIXES, key=len, reverse=True):
+        stem = name[: -len(suffix)]
+        if lower.endswith(suffix) and stem and "." not in stem:
+            return stem, _AUDIO_SUFFIXES.index(suffix)
+    return None
+
+
+def find_utterances(
+    root: str | os.PathLike, include_sa: bool = False, on_error: OnError = "raise"
+) -> list[Utterance]:
+    """Every utterance under a TIMIT-layout ``root``, sorted by split, speaker and sentence.
+
+    ``root`` may be the corpus folder itself (holding ``TRAIN``/``TEST``) or a folder above it,
+    in any letter case. SA sentences (read by every speaker) are dropped unless ``include_sa``,
+    as the thesis does (2.1).
+
+    Raises:
+        FileNotFoundError: if ``root`` does not exist.
+        CorpusError: if the tree holds no utterance, or (``on_error="raise"``) an audio file has no
+            ``.PHN`` file beside it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"corpus root {str(root)!r} does not exist or is not a folder; expected a TIMIT-layout "
+            "tree with TRAIN/ and TEST/ folders (pass data.root=/path/to/TIMIT)"
+        )
+    found: dict[tuple[str, str, str, str], tuple[int, Path]] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        parts = Path(dirpath).parts
+        if len(parts) < 3 or not _DIALECT.match(parts[-2]):
+            continue
+        split = parts[-3].lower()
+        if split not in ("train", "test"):
+            continue
+        for name in filenames:
+            parsed = _audio_stem(name)
+            if parsed is None:
+                continue
+            stem, preference = parsed
+            key = (split, parts[-2].upper(), parts[-1].upper(), stem.upper())
+            if key not in found or preference < found[key][0]:
+                found[key] = (preference, Path(dirpath) / name)
+
+    utterances: list[Utterance] = []
+    for (split, dialect, speaker, sentence), (_, audio_path) in sorted(found.items()):
+        if sentence.startswith("SA") and not include_sa:
+            continue
+        phn_path = _sibling(audio_path, ".phn")
+        if phn_path is None:
+            if on_error == "raise":
+                raise CorpusError(audio_path, "audio file has no .PHN phone-label file beside it")
+            continue
+        utterances.append(Utterance(split, dialect, speaker, sentence, audio_path, phn_path))
+    if not utterances:
+        raise CorpusError(
+            root,
+            "no utterances found: expected TRAIN|TEST/DRn/SPEAKER/SENTENCE.WAV (+ .PHN) below "
+            "this folder (SPHERE .WAV, RIFF .WAV.wav or .flac audio, any letter case)",
+        )
+    return utterances
+
+
+def _sibling(audio_path: Path, suffix: str) -> Path | None:
+    """The file beside ``audio_path`` with the same sentence stem and ``suffix`` in either case."""
+    stem = audio_path.name.split(".", 1)[0]
+    for candidate in (stem + suffix.upper(), stem + suffix.lower()):
+        path = audio_path.with_name(candidate)
+        if path.is_file():
+            return path
+    return None
+
+
+def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list[PhoneSegment]:
+    """Parse a ``.PHN`` file (``start end label`` per line, offsets in samples).
+
+    Labels are validated against the 61 TIMIT labels (any case). Gaps between adjacent phones,
+    which real TIMIT has in places, are tolerated.
+
+    Raises:
+        CorpusError: naming the file and line for a line that is not three fields, a non-numeric
+            offset, ``end <= start``, an ``end`` beyond ``num_samples`` or an unknown label.
+    """
+    segments: list[PhoneSegment] = []
+    with open(path, encoding="ascii", errors="replace") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3:
+                raise CorpusError(
+                    path, f"expected 'start end label', got {len(fields)} fields: {line!r}", line_no
+                )
+            try:
+                start, end = int(fields[0]), int(fields[1])
+            except ValueError:
+                raise CorpusError(
+                    path, f"sample offsets must be integers, got {fields[0]!r} {fields[1]!r}", line_no
+                ) from None
+            label = fields[2].lower()
+            if start < 0 or end <= start:
+                raise CorpusError(path, f"segment end {end} must be after start {start}", line_no)
+            if num_samples is not None and end > num_samples:
+                raise CorpusError(
+                    path, f"segment end {end} lies beyond the audio ({num_samples} samples)", line_no
+                )
+            if label not in MAP_61_TO_48:
+                raise CorpusError(
+                    path, f"unknown phone label {fields[2]!r} (not one of the 61 TIMIT labels)", line_no
+                )
+            segments.append(PhoneSegment(start, end, label))
+    if not segments:
+        raise CorpusError(path, "no phone segments in file")
+    return segments
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Sample rate and length of an audio file, checked against its SPHERE header if it has one."""
+
+    sample_rate: int
+    num_samples: int
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header information of an audio file; detects truncated SPHERE files.
+
+    Raises:
+        CorpusError: if soundfile cannot read the file, it is not mono, or a SPHERE file holds
+            fewer samples than its header announces (a truncated copy).
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise CorpusError(path, f"not a readable audio file ({error})") from None
+    if info.channels != 1:
+        raise CorpusError(path, f"expected mono audio, got {info.channels} channels")
+    if info.format == "NIST":
+        announced = _sphere_sample_count(path)
+        if announced is not None and announced > info.frames:
+            raise CorpusError(
+                path, f"truncated: header announces {announced} samples, file holds {info.frames}"
+            )
+    if info.frames == 0:
+        raise CorpusError(path, "audio file holds no samples")
+    return AudioInfo(int(info.samplerate), int(info.frames))
+
+
+def _sphere_sample_count(path: str | os.PathLike) -> int | None:
+    with open(path, "rb") as fh:
+        header = fh.read(SPHERE_HEADER_BYTES).decode("ascii", errors="replace")
+    match = re.search(r"^sample_count -i (\d+)", header, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] and the sample rate.
+
+    Raises:
+        CorpusError: if the file cannot be decoded.
+    """
+    try:
+        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise CorpusError(path, f"not a readable audio file ({error})") from None
+    if audio.ndim != 1:
+        raise CorpusError(path, f"expected mono audio, got shape {audio.shape}")
+    return audio, int(sample_rate)
+
+
+def speakers(utterances: Iterable[Utterance]) -> list[str]:
+    """Sorted distinct speaker ids."""
+    return sorted({u.speaker for u in utterances})
+
+
+__all__ = [
+    "AudioInfo",
+    "CorpusError",
+    "OnError",
+    "PhoneSegment",
+    "Utterance",
+    "audio_info",
+    "find_utterances",
+    "read_audio",
+    "read_phones",
+    "speakers",
+]
