@@ -1,24 +1,66 @@
-"""Console entry points: ``convae data ...`` (corpus tools) and, later, LightningCLI runs."""
+"""Console entry points.
+
+``lightning fit --config conf/weak_stack.yaml`` and ``convae fit --config ...`` run the same
+:class:`ConvaeCLI` (``convae`` is the clash-free spelling: the ``lightning-sdk`` package installs a
+``lightning`` command too); ``convae data {stats,prepare,synth}`` are the corpus tools.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from jsonargparse import CLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+
+from convae_lightning.data import TimitDataModule
+from convae_lightning.data.timit import CorpusError
+from convae_lightning.loggers import OfflineWandbLogger
+from convae_lightning.models import ConvaeModule
+
+#: Errors that are the user's to fix: shown as one line (``CONVAE_DEBUG=1`` shows tracebacks).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CorpusError)
+
+
+class ConvaeCLI(LightningCLI):
+    """LightningCLI for this package: any :class:`ConvaeModule` with the TIMIT DataModule.
+
+    Links the DataModule's ``input_shape`` and ``num_classes`` into the model, seeds from the
+    config's ``seed_everything``, saves the resolved config into the run directory, and puts the
+    offline W&B run beside the CSV metrics and checkpoints of the same run
+    (``runs/<name>/version_N/``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model_class", ConvaeModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("datamodule_class", TimitDataModule)
+        kwargs.setdefault("save_config_callback", SaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+        for logger in trainer.loggers:
+            if isinstance(logger, OfflineWandbLogger) and csv is not None:
+                logger.set_save_dir(csv.log_dir)
+        return trainer
 
 
 def _data_commands() -> dict[str, Callable]:
     from convae_lightning.data import commands
+    from convae_lightning.data.synth import synth_command
 
-    components: dict[str, Callable] = {"stats": commands.stats, "prepare": commands.prepare}
-    try:
-        from convae_lightning.data.synth import synth_command
-    except ImportError:  # the synthesiser is optional until its module lands
-        pass
-    else:
-        components["synth"] = synth_command
-    return components
+    return {"stats": commands.stats, "prepare": commands.prepare, "synth": synth_command}
 
 
 def data_main(argv: Sequence[str] | None = None) -> None:
@@ -27,17 +69,32 @@ def data_main(argv: Sequence[str] | None = None) -> None:
     # jsonargparse has no optional positionals: `convae data stats ROOT` means `--root ROOT`.
     if len(args) >= 2 and args[0] in ("stats", "prepare") and not args[1].startswith("-"):
         args[1:2] = ["--root", args[1]]
-    CLI(_data_commands(), args=args, prog="convae data")
+    _user_errors_as_messages(lambda: CLI(_data_commands(), args=args, prog="convae data"))
+
+
+def lightning_main(argv: Sequence[str] | None = None) -> None:
+    """``lightning {fit,validate,test,predict} --config conf/X.yaml``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _user_errors_as_messages(lambda: ConvaeCLI(args=args))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``convae``: ``convae data ...`` for corpus tools."""
+    """``convae data ...`` for corpus tools, ``convae fit|validate|test|predict ...`` for runs."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "data":
         data_main(args[1:])
-        return
-    print("usage: convae data {stats,prepare,synth} ...  (see convae data --help)", file=sys.stderr)
-    raise SystemExit(2)
+    else:
+        lightning_main(args)
+
+
+def _user_errors_as_messages(run: Callable[[], Any]) -> None:
+    try:
+        run()
+    except USER_ERRORS as error:
+        if os.environ.get("CONVAE_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

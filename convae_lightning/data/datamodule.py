@@ -166,19 +166,26 @@ class TimitDataModule(pl.LightningDataModule):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """``(C, F, T)`` of one patch; known before ``setup`` except for T when derived."""
-        if self.meta:
-            return tuple(self.meta["input_shape"])  # type: ignore[return-value]
-        frames = self.options.num_frames or 16
-        return (self.features.num_channels, self.features.num_bins, frames)
+        """``(C, F, T)`` of one patch.
+
+        T follows from the corpus (the longest kept phone) unless ``num_frames`` is set, so asking
+        before ``setup`` builds or finds the cache (the CLI links this into the model).
+        """
+        if not self.meta:
+            self._load_meta()
+        return tuple(self.meta["input_shape"])  # type: ignore[return-value]
 
     def _build(self) -> Path:
-        if self.root is not None and not self.root.exists():
+        if not self.root.exists():
             hint = "" if self.hparams.root else " (the embedded corpus is missing from the package)"
             raise FileNotFoundError(f"data.root {str(self.root)!r} does not exist{hint}")
         return build_cache(
             self.root, self.cache_dir, self.features, self.options, progress=self.hparams.progress
         )
+
+    def _load_meta(self) -> None:
+        self.cache_path = self._build()  # cheap when the cache exists
+        self.meta = json.loads((self.cache_path / "meta.json").read_text())
 
     def prepare_data(self) -> None:
         """Build the feature cache (one process; later runs find it by its key)."""
@@ -188,8 +195,7 @@ class TimitDataModule(pl.LightningDataModule):
         """Memory-map the cache; idempotent."""
         if self.datasets:
             return
-        self.cache_path = self._build()  # cheap when prepare_data already built it
-        self.meta = json.loads((self.cache_path / "meta.json").read_text())
+        self._load_meta()
         self.mean_spectrogram = np.load(self.cache_path / "mean.npy")
         for split in ("train", "val", "test"):
             features = np.load(self.cache_path / f"{split}_x.npy", mmap_mode="r")

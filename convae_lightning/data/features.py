@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torchaudio
+from torch.nn import functional as F
 
 Representation = Literal["real", "magnitude", "magnitude_phase", "real_imag", "log_mel", "mfcc"]
 REPRESENTATIONS: tuple[str, ...] = (
@@ -128,9 +129,13 @@ class PatchExtractor(torch.nn.Module):
         if config.deltas:
             self.compute_deltas = torchaudio.transforms.ComputeDeltas(win_length=5)
 
-    def stft(self, segments: torch.Tensor) -> torch.Tensor:
-        """Complex spectrogram ``(B, n_fft // 2 + 1, T)`` with the framing of the module docs."""
-        padded = torch.nn.functional.pad(segments, (self.side_pad, self.side_pad))
+    def stft(self, segments: torch.Tensor, prepadded: bool = False) -> torch.Tensor:
+        """Complex spectrogram ``(B, n_fft // 2 + 1, T)`` with the framing of the module docs.
+
+        ``prepadded=True`` means the caller already added ``side_pad`` zeros on both sides (the
+        cache builder does, saving a copy of every batch).
+        """
+        padded = segments if prepadded else F.pad(segments, (self.side_pad, self.side_pad))
         return torch.stft(
             padded,
             n_fft=self.config.n_fft,
@@ -142,8 +147,8 @@ class PatchExtractor(torch.nn.Module):
         )
 
     @torch.no_grad()
-    def forward(self, segments: torch.Tensor) -> torch.Tensor:
-        spec = self.stft(segments)
+    def forward(self, segments: torch.Tensor, prepadded: bool = False) -> torch.Tensor:
+        spec = self.stft(segments, prepadded)
         rep = self.config.representation
         if rep == "real":
             channels = [spec.real]
@@ -156,7 +161,8 @@ class PatchExtractor(torch.nn.Module):
         else:
             log_mel = self.to_db(self.mel(spec.abs().pow(2)))
             channels = [log_mel if rep == "log_mel" else (log_mel.transpose(1, 2) @ self.dct).mT]
-        patch = torch.stack(channels, dim=1)  # (B, C, F, T)
+        # (B, C, F, T); a single channel needs one copy, not a stack plus a copy.
+        patch = channels[0].unsqueeze(1) if len(channels) == 1 else torch.stack(channels, dim=1)
         if self.config.deltas:
             delta = self.compute_deltas(patch)
             extra = [delta, self.compute_deltas(delta)] if self.config.deltas == 2 else [delta]
@@ -169,7 +175,7 @@ def overlap_add(frames: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
     window = torch.hamming_window(config.win_length, periodic=False, dtype=frames.dtype)
     num_frames = frames.shape[0]
     length = config.segment_length(num_frames)
-    fold = torch.nn.functional.fold
+    fold = F.fold
     kwargs = dict(output_size=(1, length), kernel_size=(1, config.win_length))
     kwargs["stride"] = (1, config.hop_length)
     signal = fold((frames * window).T.unsqueeze(0), **kwargs).flatten()

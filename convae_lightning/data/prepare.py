@@ -227,12 +227,43 @@ def _prefetch(utterances: Sequence[IndexedUtterance], depth: int = 32) -> Iterat
             yield (done, *future.result())
 
 
+class _NpyRows:
+    """A ``.npy`` file of float32 rows written with plain file I/O.
+
+    Writing through a memmap would count every written page in the process's resident set;
+    ``pwrite``/``pread`` leave them to the page cache, so peak RSS stays near one batch.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path = path
+        self.shape = shape
+        self.row_bytes = int(np.prod(shape[1:])) * 4
+        with open(path, "wb") as fh:
+            header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(fh, header)
+            self.offset = fh.tell()
+            fh.truncate(self.offset + shape[0] * self.row_bytes)
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, first_row: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+        os.pwrite(self.fd, data, self.offset + first_row * self.row_bytes)
+
+    def read(self, first_row: int, count: int) -> np.ndarray:
+        data = os.pread(self.fd, count * self.row_bytes, self.offset + first_row * self.row_bytes)
+        return np.frombuffer(data, dtype="<f4").reshape(-1, *self.shape[1:]).copy()
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
 class _PatchWriter:
-    """Collects padded segments and streams their patches into a memmap, a batch at a time."""
+    """Collects padded segments and streams their patches to disk, a batch at a time."""
 
     def __init__(
         self,
-        out: np.ndarray,
+        out: _NpyRows,
         extractor: PatchExtractor,
         segment_length: int,
         batch_size: int,
@@ -240,14 +271,18 @@ class _PatchWriter:
     ) -> None:
         self.out = out
         self.extractor = extractor
-        self.buffer = np.zeros((batch_size, segment_length), dtype=np.float32)
+        # Rows carry the STFT's side padding too, so batches go to the transform without a copy.
+        self.pad = extractor.side_pad
+        self.segment_length = segment_length
+        self.buffer = np.zeros((batch_size, segment_length + 2 * self.pad), dtype=np.float32)
         self.filled = 0
         self.written = 0
         self.mean = mean
         self.total = np.zeros(out.shape[1:], dtype=np.float64)
 
     def add(self, segment: np.ndarray) -> None:
-        offset = (self.buffer.shape[1] - segment.size) // 2  # zero-pad on both sides (thesis 2.1)
+        # Zero-pad on both sides to the common length (thesis 2.1).
+        offset = self.pad + (self.segment_length - segment.size) // 2
         row = self.buffer[self.filled]
         row[:] = 0.0
         row[offset : offset + segment.size] = segment
@@ -258,11 +293,12 @@ class _PatchWriter:
     def flush(self) -> None:
         if not self.filled:
             return
-        patches = self.extractor(torch.from_numpy(self.buffer[: self.filled])).numpy()
+        batch = torch.from_numpy(self.buffer[: self.filled])
+        patches = self.extractor(batch, prepadded=True).numpy()
         self.total += patches.sum(axis=0, dtype=np.float64)
         if self.mean is not None:
             patches -= self.mean
-        self.out[self.written : self.written + self.filled] = patches
+        self.out.write(self.written, patches)
         self.written += self.filled
         self.filled = 0
 
@@ -344,7 +380,7 @@ def _write_features(
         for split in SPLITS:  # train first: its mean is subtracted from every split
             items = index.splits[split]
             count = plan.kept[split]
-            x = _open_npy(out_dir / f"{split}_x.npy", (count, *shape))
+            x = _NpyRows(out_dir / f"{split}_x.npy", (count, *shape))
             y = np.empty(count, dtype=np.int64)
             spk = np.empty(count, dtype=np.int32)
             writer = _PatchWriter(x, extractor, plan.segment_length, batch_size, mean)
@@ -365,10 +401,8 @@ def _write_features(
             if split == "train":
                 mean = (writer.total / max(count, 1)).astype(np.float32)
                 for begin in range(0, count, batch_size):
-                    x[begin : begin + batch_size] -= mean
-            if isinstance(x, np.memmap):
-                x.flush()
-            del x
+                    x.write(begin, x.read(begin, min(batch_size, count - begin)) - mean)
+            x.close()
             np.save(out_dir / f"{split}_y.npy", y)
             np.save(out_dir / f"{split}_speaker.npy", spk)
     assert mean is not None
@@ -387,15 +421,6 @@ def _write_features(
         },
         "class_names": list(PHONES_48),
     }
-
-
-def _open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """A writable ``.npy`` memmap (an in-memory array for empty splits, which mmap cannot map)."""
-    if shape[0] == 0:
-        array = np.zeros(shape, dtype=np.float32)
-        np.save(path, array)
-        return array
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
 def default_cache_dir() -> Path:

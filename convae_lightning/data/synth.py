@@ -78,7 +78,7 @@ MAX_SENTENCES = len(TEST_PROMPTS)
 #: Options of the corpus shipped in ``convae_lightning/corpus`` (``--embedded``).
 EMBEDDED_OPTIONS: dict[str, object] = {
     "speakers": 24,
-    "sentences": 8,
+    "sentences": 5,
     "seed": 0,
     "audio_format": "flac",
 }
@@ -92,7 +92,7 @@ class Voice:
     engine: str  # "diphone" (kal/ked: int_lr_params + Duration_Stretch) or "hts" (-fm, -r)
     sex: str  # the recorded speaker's sex, "M" or "F"
     sample_rate: int
-    f0_mean: float  # the voice's own mean F0 in Hz (HTS pitch shifts are relative to it)
+    f0_mean: float  # the voice's own mean F0 in Hz (measured; the HTS voice's cannot be set)
 
 
 VOICES: dict[str, Voice] = {
@@ -100,7 +100,7 @@ VOICES: dict[str, Voice] = {
     for v in (
         Voice("kal_diphone", "diphone", "M", 16000, 105.0),
         Voice("ked_diphone", "diphone", "M", 16000, 105.0),
-        Voice("cmu_us_slt_arctic_hts", "hts", "F", 32000, 180.0),
+        Voice("cmu_us_slt_arctic_hts", "hts", "F", 32000, 175.0),
     )
 }
 DEFAULT_VOICES: tuple[str, ...] = tuple(VOICES)
@@ -129,6 +129,7 @@ _BURST_MIN_RISE_DB = 6.0
 _CLOSURE_FALLBACK = 0.6
 _MIN_PART = 80  # samples (5 ms)
 _ENERGY_HOP = 16  # samples (1 ms)
+_MAX_EDGE_SILENCE = 2400  # samples (150 ms) of leading/trailing h# kept
 
 
 class FestivalNotFoundError(RuntimeError):
@@ -162,9 +163,7 @@ class Grammar:
             FileNotFoundError: if a file does not exist.
         """
         data = resources.files("convae_lightning.data") / "festival"
-        word_text = (
-            Path(word_list).read_text() if word_list else (data / "words.txt").read_text()
-        )
+        word_text = Path(word_list).read_text() if word_list else (data / "words.txt").read_text()
         template_text = (
             Path(templates).read_text() if templates else (data / "templates.txt").read_text()
         )
@@ -238,7 +237,7 @@ class SpeakerProfile:
     voice: str
     sex: str
     f0_mean: float  # Hz, after the vocal-tract scaling
-    f0_std: float  # Hz (diphone voices; the HTS voice keeps its own range)
+    f0_std: float  # Hz (diphone voices only; the HTS voice keeps its own range)
     rate: float  # duration factor (> 1 is slower)
     vtl: int  # formant scale is vtl / 50 (resampling ratio, kept rational so it is exact)
     highpass_hz: float
@@ -256,8 +255,9 @@ def make_speakers(count: int, seed: int, voices: Sequence[str] = DEFAULT_VOICES)
     """Draw ``count`` reproducible speakers; speaker ``i`` depends only on ``(seed, i, voices)``.
 
     Voices rotate over speakers; every fourth speaker (and the last one of a corpus with fewer
-    than four) is a TEST speaker, so about a quarter of the speakers are held out. Each voice
-    also makes speakers of the other sex (30 %), by moving pitch and formants.
+    than four) is a TEST speaker, so about a quarter of the speakers are held out. The male
+    diphone voices also make female speakers (30 %), by raising pitch and formants; the HTS
+    voice's pitch cannot be set, so its (female) speakers differ by vocal-tract length and rate.
 
     Args:
         count: number of speakers, 2..1000.
@@ -276,14 +276,20 @@ def make_speakers(count: int, seed: int, voices: Sequence[str] = DEFAULT_VOICES)
     for i in range(count):
         rng = np.random.default_rng([seed, i, 0x5BEA])
         voice = VOICES[voices[i % len(voices)]]
-        native = rng.random() >= 0.3
-        sex = voice.sex if native else ("F" if voice.sex == "M" else "M")
-        if sex == "M":
-            f0 = rng.uniform(85.0, 145.0)
-            vtl = int(rng.integers(45, 51)) if voice.sex == "F" else int(rng.integers(47, 53))
-        else:
+        if voice.engine == "hts":
+            # Festival's HTS module ignores hts_engine's pitch shift (-fm), so this voice's F0
+            # moves only with the vocal-tract scaling (together with the formants): female only.
+            sex = voice.sex
+            vtl = int(rng.integers(44, 57))
+            f0 = voice.f0_mean * vtl / 50
+        elif rng.random() < 0.3:  # the male diphone voices also make female speakers
+            sex = "F"
             f0 = rng.uniform(160.0, 240.0)
-            vtl = int(rng.integers(54, 58)) if voice.sex == "M" else int(rng.integers(48, 54))
+            vtl = int(rng.integers(54, 58))
+        else:
+            sex = "M"
+            f0 = rng.uniform(85.0, 145.0)
+            vtl = int(rng.integers(47, 53))
         letters = "".join(chr(ord("A") + int(k)) for k in rng.integers(0, 26, size=3))
         digit = 0
         while f"{sex}{letters}{digit}" in used:
@@ -298,17 +304,20 @@ def make_speakers(count: int, seed: int, voices: Sequence[str] = DEFAULT_VOICES)
                 index=i,
                 speaker_id=speaker_id,
                 split="TEST" if test else "TRAIN",
-                dialect=f"DR{i % 8 + 1}",
+                # Rotated so that TRAIN and TEST speakers both spread over DR1..DR8.
+                dialect=f"DR{(i % 4 + i // 4) % 8 + 1}",
                 voice=voice.name,
                 sex=sex,
                 f0_mean=round(float(f0), 1),
-                f0_std=round(float(f0 * rng.uniform(0.08, 0.2)), 1),
+                f0_std=round(float(f0 * rng.uniform(0.08, 0.2)), 1)
+                if voice.engine == "diphone"
+                else 0.0,
                 rate=round(float(rng.uniform(0.85, 1.2)), 3),
                 vtl=vtl,
                 highpass_hz=round(float(rng.uniform(50.0, 200.0)), 1),
                 lowpass_hz=round(float(rng.uniform(5500.0, 7800.0)), 1),
                 snr_db=round(float(rng.uniform(30.0, 45.0)), 1),
-                peak=round(float(rng.uniform(0.3, 0.8)), 3),
+                peak=round(float(rng.uniform(0.2, 0.6)), 3),
             )
         )
     return speakers
@@ -396,8 +405,7 @@ def _speaker_setup(speaker: SpeakerProfile) -> str:
             f"(convae:diphone voice_{voice.name} {f0:.1f} {speaker.f0_std / scale:.1f} "
             f"{stretch:.3f})\n"
         )
-    halftones = 12.0 * np.log2(f0 / voice.f0_mean)
-    return f"(convae:hts voice_{voice.name} {halftones:.2f} {1.0 / stretch:.3f})\n"
+    return f"(convae:hts voice_{voice.name} {1.0 / stretch:.3f})\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +424,9 @@ class _Job:
 
     @property
     def key(self) -> str:
-        return f"{self.speaker.split}/{self.speaker.dialect}/{self.speaker.speaker_id}/{self.sentence}"
+        return (
+            f"{self.speaker.split}/{self.speaker.dialect}/{self.speaker.speaker_id}/{self.sentence}"
+        )
 
 
 def _read_labels(path: Path) -> tuple[list[tuple[str, float]], list[tuple[str, float, float]]]:
@@ -434,7 +444,7 @@ def _read_labels(path: Path) -> tuple[list[tuple[str, float]], list[tuple[str, f
 def _burst(audio: np.ndarray, start: int, end: int) -> int:
     """Sample where a stop's release starts (documented rule, see module constants)."""
     length = end - start
-    fallback = start + int(round(_CLOSURE_FALLBACK * length))
+    fallback = start + round(_CLOSURE_FALLBACK * length)
     x = audio[start:end].astype(np.float64)
     blocks = len(x) // _ENERGY_HOP
     if blocks >= 4:
@@ -525,6 +535,17 @@ def _finish_utterance(
         b = min(round(w_end / scale * SAMPLE_RATE), len(clean))
         if b > a:
             word_segments.append(Segment(a, b, name.lower()))
+    # Festival pads with 0.2-0.5 s of silence; TIMIT's h# are shorter (and shorter files keep
+    # the embedded corpus small).
+    head = max(phones[0].end - _MAX_EDGE_SILENCE, 0) if phones[0].label == "h#" else 0
+    tail = max(phones[-1].end - phones[-1].start - _MAX_EDGE_SILENCE, 0)
+    tail = tail if phones[-1].label == "h#" and len(phones) > 1 else 0
+    stop = len(clean) - tail
+    audio = audio[head:stop]
+    phones = [Segment(max(p.start - head, 0), min(p.end, stop) - head, p.label) for p in phones]
+    word_segments = [
+        Segment(w.start - head, min(w.end, stop) - head, w.label) for w in word_segments
+    ]
     noisy = _channel(audio, job.speaker, (seed, job.speaker.index, job.prompt, 0xC4A))
     write_utterance(
         out,
@@ -557,7 +578,8 @@ def _run_batch(
         for k, job in enumerate(jobs):
             script.append(
                 f"(convae:say {_scheme_string(str(k))} {_scheme_string(job.text)} "
-                f"{_scheme_string(str(tmp / f'{k}.wav'))} {_scheme_string(str(tmp / f'{k}.lab'))})\n"
+                f"{_scheme_string(str(tmp / f'{k}.wav'))} "
+                f"{_scheme_string(str(tmp / f'{k}.lab'))})\n"
             )
         (tmp / "batch.scm").write_text("".join(script))
         proc = subprocess.Popen(
@@ -578,6 +600,9 @@ def _run_batch(
                     on_done(jobs[k], phones)
                 else:
                     other.append(line.rstrip())
+        except BaseException:
+            proc.kill()  # interrupted or failed: don't let Festival run on for nothing
+            raise
         finally:
             code = proc.wait()
         if code != 0 or "SIOD ERROR" in "\n".join(other):
@@ -616,9 +641,18 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> None:
 
 
 def _options(
-    speakers: int, sentences: int, seed: int, voices: Sequence[str], audio_format: str, g: Grammar
+    speakers: int,
+    sentences: int,
+    seed: int,
+    voices: Sequence[str],
+    audio_format: str,
+    g: Grammar,
+    profiles: Sequence[SpeakerProfile],
 ) -> dict[str, object]:
+    # The profiles' hash catches changes to the speaker design that keep the same arguments.
+    blob = json.dumps([asdict(p) for p in profiles], sort_keys=True).encode()
     return {
+        "profiles": hashlib.sha256(blob).hexdigest()[:16],
         "synth_version": SYNTH_VERSION,
         "speakers": speakers,
         "sentences": sentences,
@@ -697,7 +731,7 @@ def synthesize_corpus(
     grammar = Grammar.load(word_list)
     profiles = make_speakers(speakers, seed, voices)
     check_voices(voices)
-    options = _options(speakers, sentences, seed, voices, audio_format, grammar)
+    options = _options(speakers, sentences, seed, voices, audio_format, grammar, profiles)
 
     root = Path(out)
     partial = root.with_name(root.name + ".partial")
@@ -714,7 +748,11 @@ def synthesize_corpus(
             )
     manifest = _read_manifest(partial) if partial.exists() else None
     if manifest is not None and manifest.get("options") == options:
-        done = set((partial / DONE_NAME).read_text().split()) if (partial / DONE_NAME).exists() else set()
+        done = (
+            set((partial / DONE_NAME).read_text().split())
+            if (partial / DONE_NAME).exists()
+            else set()
+        )
         log.info("resuming %s: %d utterances already made", partial, len(done))
     else:
         if partial.exists():
@@ -732,7 +770,8 @@ def synthesize_corpus(
         rank = ranks[speaker.split]
         ranks[speaker.split] += 1
         jobs = [
-            _Job(speaker, p, grammar.sentence(seed, p)) for p in prompts_for(speaker, rank, sentences)
+            _Job(speaker, p, grammar.sentence(seed, p))
+            for p in prompts_for(speaker, rank, sentences)
         ]
         todo = [j for j in jobs if j.key not in done]
         if todo:
@@ -754,8 +793,12 @@ def synthesize_corpus(
     with bar, (partial / DONE_NAME).open("a") as done_file:
         task = bar.add_task("synthesising utterances", total=total, completed=len(done))
 
+        stop = threading.Event()
+
         def on_done(job: _Job, phones: int) -> None:
             nonlocal made
+            if stop.is_set():
+                raise KeyboardInterrupt("synthesis interrupted")
             with lock:
                 # Recorded only after all four files are written: a resumed run redoes the rest.
                 done_file.write(job.key + "\n")
@@ -763,13 +806,21 @@ def synthesize_corpus(
                 made += 1
                 bar.advance(task)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             futures = [
                 pool.submit(_run_batch, batch, partial, seed, audio_format, on_done)
                 for batch in batches
             ]
             for future in futures:
                 future.result()
+        except BaseException:
+            # Ctrl-C or a failure: stop the other batches at their next utterance; what is
+            # finished stays recorded in .done for the next run to resume from.
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - started
 
     counts = corpus_phone_counts(partial)
@@ -821,7 +872,7 @@ def _festival_version() -> str:
         run = subprocess.run(
             [festival_binary(), "--version"], capture_output=True, text=True, timeout=30
         )
-        return run.stdout.strip().splitlines()[0]
+        return run.stdout.strip().splitlines()[0].split(": ", 1)[-1]
     except (OSError, IndexError, subprocess.SubprocessError):
         return "unknown"
 
@@ -877,7 +928,7 @@ def synthesize_min_phones(
         RuntimeError: if the corpus came out smaller than ``min_phones`` (estimate too high).
     """
     _check_range("min_phones", min_phones, 1, 10_000_000)
-    per_utterance = 30  # measured mean is ~40 (with stop closures); stay on the safe side
+    per_utterance = 40  # measured mean is ~44.5 (with stop closures); 10 % margin
     speakers = max(2, -(-min_phones // (per_utterance * sentences)))
     summary = synthesize_corpus(
         out,

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-__all__ = ["DEFAULT_EVAL_VIEWS", "CHECKPOINT_META_KEY", "ConvaeModule", "read_checkpoint"]
+__all__ = ["CHECKPOINT_META_KEY", "DEFAULT_EVAL_VIEWS", "ConvaeModule", "read_checkpoint"]
 
 #: View names when the datamodule does not say (``eval_views``): loader 0, loader 1.
 DEFAULT_EVAL_VIEWS: tuple[str, ...] = ("balanced", "natural")

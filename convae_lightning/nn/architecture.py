@@ -99,6 +99,17 @@ class LayerSpec:
     def output_shape(self) -> tuple[int, int, int]:
         return (self.out_channels, *self.output_hw)
 
+    def signature(self) -> dict:
+        """What must match for weights to transfer between models (stored in checkpoints)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "padding": self.padding,
+            "pool": self.pool,
+            "pool_size": list(self.pool_size) if self.pool_size else None,
+        }
+
 
 def build_layer_specs(
     input_shape: Sequence[int],
@@ -175,7 +186,9 @@ def build_layer_specs(
                     "reduce num_units/the number of layers or use a larger input"
                 )
             kind = "window"
-            out_hw = tuple((n_ - k) // s + 1 for n_, k, s in zip(conv_hw, psize, pstride))
+            out_hw = tuple(
+                (n - k) // s + 1 for n, k, s in zip(conv_hw, psize, pstride, strict=True)
+            )
         specs.append(
             LayerSpec(
                 index=i,

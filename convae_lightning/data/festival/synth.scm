@@ -12,12 +12,13 @@
               '(model_f0_mean 170) '(model_f0_std 34)))
   (Parameter.set 'Duration_Stretch stretch))
 
-(define (convae:hts voicefn halftones speed)
-  "Select an HTS voice, shifting its F0 by HALFTONES and its speaking rate by SPEED."
+(define (convae:hts voicefn speed)
+  "Select an HTS voice and multiply its speaking rate by SPEED."
   (voicefn)
-  ;; The voice function resets hts_engine_params, so the speaker's options go after it.
-  (set! hts_engine_params
-        (append hts_engine_params (list (list "-fm" halftones) (list "-r" speed)))))
+  ;; The voice function resets hts_engine_params, so the speaker's option goes after it. The
+  ;; engine reads it when it first loads the voice, hence one Festival process per speaker.
+  ;; (Festival 2.5's HTS module ignores the engine's pitch shift, -fm.)
+  (set! hts_engine_params (append hts_engine_params (list (list "-r" speed)))))
 
 (define (convae:say key text wavfile labfile)
   "Synthesise TEXT, save the wave and write each segment's end and each word's span."

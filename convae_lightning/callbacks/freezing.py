@@ -1,0 +1,156 @@
+"""Freeze and unfreeze parameters by name, at fit start or at given epochs (thesis 4.3)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from typing_extensions import override
+
+
+class LayerFreezing(Callback):
+    """Freezes parameters matching glob patterns of their names; weights and biases separately.
+
+    A frozen parameter gets ``requires_grad=False``, is removed from every optimiser parameter
+    group and loses its optimiser state, so it receives no update and holds no state. Unfreezing
+    at an epoch adds it back as a new parameter group (as Lightning's ``BaseFinetuning`` does).
+
+    Freezing happens in ``on_fit_start``, i.e. *after* the strategy wrapped the model: DDP then
+    still tracks every parameter, so unfreezing later keeps gradients synchronised
+    (Lightning#20340). Run DDP with ``strategy: ddp_find_unused_parameters_true`` so frozen
+    parameters may go without gradients. On resume, the schedule up to the restored epoch is
+    replayed before the optimiser state is loaded, so the parameter groups match the checkpoint.
+
+    Args:
+        freeze: Patterns frozen at fit start, e.g. ``["encoder.*.weight"]`` or
+            ``["encoder.0.conv.bias"]`` (names as in ``module.named_parameters()``).
+        freeze_at_epoch: ``{epoch: patterns}`` frozen when that epoch starts.
+        unfreeze_at_epoch: ``{epoch: patterns}`` unfrozen when that epoch starts.
+
+    Raises:
+        ValueError: if an epoch is negative. A pattern that matches no parameter is reported at
+            fit start, listing the parameter names.
+    """
+
+    def __init__(
+        self,
+        freeze: Sequence[str] = (),
+        freeze_at_epoch: Mapping[int, Sequence[str]] | None = None,
+        unfreeze_at_epoch: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
+        self.freeze = list(freeze)
+        self.freeze_at_epoch = {int(k): list(v) for k, v in (freeze_at_epoch or {}).items()}
+        self.unfreeze_at_epoch = {int(k): list(v) for k, v in (unfreeze_at_epoch or {}).items()}
+        for name, schedule in (
+            ("freeze_at_epoch", self.freeze_at_epoch),
+            ("unfreeze_at_epoch", self.unfreeze_at_epoch),
+        ):
+            bad = [epoch for epoch in schedule if epoch < 0]
+            if bad:
+                raise ValueError(f"{name}: epochs must be >= 0, got {bad}")
+        self.frozen: set[str] = set()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            freeze=self.freeze,
+            freeze_at_epoch=self.freeze_at_epoch,
+            unfreeze_at_epoch=self.unfreeze_at_epoch,
+        )
+
+    # ------------------------------------------------------------------ small static helpers
+    @staticmethod
+    def match(module: nn.Module, patterns: Iterable[str]) -> list[str]:
+        """Names of the parameters matching any pattern; an unmatched pattern is an error."""
+        names = [name for name, _ in module.named_parameters()]
+        matched: list[str] = []
+        for pattern in patterns:
+            hits = fnmatch.filter(names, pattern)
+            if not hits:
+                raise ValueError(
+                    f"LayerFreezing: pattern {pattern!r} matches no parameter of "
+                    f"{type(module).__name__}; available: {names}"
+                )
+            matched.extend(h for h in hits if h not in matched)
+        return matched
+
+    @staticmethod
+    def remove_from_optimizers(trainer: pl.Trainer, params: Iterable[nn.Parameter]) -> None:
+        """Drop parameters (and their state) from every optimiser of the trainer."""
+        drop = {id(p) for p in params}
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in drop]
+            for p in [p for p in optimizer.state if id(p) in drop]:
+                del optimizer.state[p]
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]] or [
+                _empty_group(optimizer)
+            ]
+
+    @staticmethod
+    def add_to_optimizers(trainer: pl.Trainer, params: list[nn.Parameter]) -> None:
+        """Add parameters as a new group of the first optimiser, with its first group's lr."""
+        if not trainer.optimizers or not params:
+            return
+        optimizer = trainer.optimizers[0]
+        present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        params = [p for p in params if id(p) not in present]
+        if params:
+            lr = optimizer.param_groups[0].get("lr")
+            optimizer.add_param_group({"params": params, **({"lr": lr} if lr else {})})
+
+    # ------------------------------------------------------------------------------- hooks
+    def _apply(self, trainer: pl.Trainer, module: nn.Module, freeze: list[str], thaw: list[str]):
+        params = dict(module.named_parameters())
+        for name in freeze:
+            params[name].requires_grad_(False)
+        for name in thaw:
+            params[name].requires_grad_(True)
+        self.frozen.update(freeze)
+        self.frozen.difference_update(thaw)
+        self.remove_from_optimizers(trainer, [params[n] for n in freeze])
+        self.add_to_optimizers(trainer, [params[n] for n in thaw])
+
+    def _changes_at(self, module: nn.Module, epoch: int) -> tuple[list[str], list[str]]:
+        freeze = self.match(module, self.freeze_at_epoch.get(epoch, []))
+        thaw = self.match(module, self.unfreeze_at_epoch.get(epoch, []))
+        return freeze, thaw
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.frozen = set()
+        self._apply(trainer, pl_module, self.match(pl_module, self.freeze), [])
+        # Resuming: replay the schedule of the epochs already run, so the optimiser's groups
+        # match the checkpoint whose state Lightning loads next.
+        for epoch in range(trainer.current_epoch + 1):
+            if epoch < trainer.current_epoch or (epoch == trainer.current_epoch and epoch > 0):
+                self._apply(trainer, pl_module, *self._changes_at(pl_module, epoch))
+        self._applied_epoch = trainer.current_epoch if trainer.current_epoch > 0 else -1
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch != self._applied_epoch:
+            self._apply(trainer, pl_module, *self._changes_at(pl_module, epoch))
+            self._applied_epoch = epoch
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": sorted(self.frozen)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.frozen = set(state_dict.get("frozen", []))
+
+
+def _empty_group(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    # Optimisers need at least one group; keep the defaults with no parameters.
+    return {**optimizer.defaults, "params": []}
+
+
+__all__ = ["LayerFreezing"]

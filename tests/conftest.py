@@ -1,0 +1,117 @@
+"""Shared fixtures: real toy corpora on disk (SPHERE/RIFF/FLAC) and an isolated cache folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convae_lightning.data.layout import Segment, write_utterance
+from convae_lightning.data.phones import PHONES_61
+from convae_lightning.data.prepare import build_cache
+from convae_lightning.data.toy import write_toy_corpus
+
+#: Speakers of the shared toy corpus: 4 TRAIN (one becomes validation), 2 TEST.
+TOY_SPEAKERS = {"TRAIN": 4, "TEST": 2}
+TOY_SENTENCES = 2
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Point ``CONVAE_CACHE_DIR`` at a fresh folder so no test writes into ``~/.cache``."""
+    cache = tmp_path_factory.mktemp("convae_cache")
+    monkeypatch.setenv("CONVAE_CACHE_DIR", str(cache))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    """An uppercase LDC-layout toy corpus (SPHERE ``.WAV`` + ``.PHN``/``.WRD``/``.TXT``, with SA1).
+
+    Read-only for tests: copy it (``shutil.copytree``) before changing anything.
+    """
+    root = tmp_path_factory.mktemp("toy") / "TIMIT"
+    return write_toy_corpus(root, TOY_SPEAKERS, sentences=TOY_SENTENCES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_cache(toy_corpus, tmp_path_factory) -> Path:
+    """The default-settings feature cache of :func:`toy_corpus` (read-only for tests)."""
+    return build_cache(toy_corpus, tmp_path_factory.mktemp("toy_cache"), progress=False)
+
+
+def tone(label: str, length: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A deterministic-per-label chord with a little noise, ``length`` samples long."""
+    t = np.arange(length) / sample_rate
+    base = 200.0 + 45.0 * PHONES_61.index(label.lower())
+    chord = sum(np.sin(2 * np.pi * base * h * t) / h for h in (1, 2, 3))
+    return 0.2 * chord + rng.normal(0.0, 0.005, length)
+
+
+UtteranceWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def make_utterance() -> UtteranceWriter:
+    """Write one TIMIT-layout utterance of tones with the given phone ``lengths`` (in samples).
+
+    ``make_utterance(root, "TRAIN/DR1/FCJF0/SI1027", lengths, labels, sample_rate=16000,
+    audio_format="sphere", lowercase=False, gap=0)`` returns the audio path; ``gap`` samples of
+    silence separate adjacent phones (unlabelled, as in places in real TIMIT).
+    """
+
+    def write(
+        root: Path,
+        utterance_id: str,
+        lengths: Sequence[int],
+        labels: Sequence[str] | None = None,
+        sample_rate: int = 16000,
+        audio_format: str = "sphere",
+        lowercase: bool = False,
+        gap: int = 0,
+        seed: int = 0,
+    ) -> Path:
+        split, dialect, speaker, sentence = utterance_id.split("/")
+        labels = list(labels) if labels is not None else ["h#"] + ["aa"] * (len(lengths) - 2) + [
+            "h#"
+        ]
+        rng = np.random.default_rng(seed)
+        audio, segments, cursor = [], [], 0
+        for i, (label, length) in enumerate(zip(labels, lengths, strict=True)):
+            if i and gap:
+                audio.append(np.zeros(gap))
+                cursor += gap
+            audio.append(tone(label, int(length), sample_rate, rng))
+            segments.append(Segment(cursor, cursor + int(length), label))
+            cursor += int(length)
+        return write_utterance(
+            root,
+            split,
+            dialect,
+            speaker,
+            sentence,
+            np.concatenate(audio),
+            segments,
+            text="a test sentence",
+            sample_rate=sample_rate,
+            audio_format=audio_format,  # type: ignore[arg-type]
+            lowercase=lowercase,
+        )
+
+    return write
+
+
+@pytest.fixture
+def small_corpus(tmp_path, make_utterance) -> Path:
+    """A minimal valid corpus: 3 TRAIN speakers and 1 TEST speaker, 2 sentences each."""
+    root = tmp_path / "TIMIT"
+    labels = ["h#", "aa", "s", "iy", "q", "t", "h#"]
+    lengths = [800, 1200, 1500, 1100, 300, 900, 700]
+    speakers = (("TRAIN", "FCJF0"), ("TRAIN", "MDAC0"), ("TRAIN", "FDAW0"), ("TEST", "MDAB0"))
+    for s, (split, speaker) in enumerate(speakers):
+        for k, sentence in enumerate(("SI1027", "SX127")):
+            make_utterance(root, f"{split}/DR1/{speaker}/{sentence}", lengths, labels, seed=2 * s + k)
+    return root

@@ -1,0 +1,430 @@
+"""From corpus to cache: discard/padding, mean subtraction, resampling, cache keys, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from convae_lightning.data.features import FeatureConfig, PatchExtractor, patch_to_audio
+from convae_lightning.data.phones import CLASS_INDEX_48, MAP_61_TO_48, PHONES_61
+from convae_lightning.data.prepare import (
+    CorpusOptions,
+    build_cache,
+    corpus_key,
+    index_corpus,
+)
+from convae_lightning.data.stats import corpus_stats
+from convae_lightning.data.timit import CorpusError, find_utterances
+from convae_lightning.data.toy import write_toy_corpus
+
+SPLITS = ("train", "val", "test")
+
+
+def load(cache: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(cache / f"{split}_x.npy"), np.load(cache / f"{split}_y.npy")
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime_ns, size) of a folder and every file in it."""
+    entries = [folder, *sorted(folder.rglob("*"))]
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in entries}
+
+
+def direct_raw_patches(cache: Path, root: Path, features: FeatureConfig) -> dict[str, tuple]:
+    """Recompute every split's un-normalised patches from the files, independently of prepare.py.
+
+    Reads .PHN files by hand and audio with soundfile, keeps the phones the cache says fit
+    (``max_phone_length``), zero-pads each on both sides to ``segment_length`` and runs the
+    PatchExtractor; rows follow the corpus order (dialect, speaker, sentence).
+    """
+    meta = json.loads((cache / "meta.json").read_text())
+    extractor = PatchExtractor(features).to(torch.float64)
+    length, limit = meta["segment_length"], meta["max_phone_length"]
+    out = {}
+    for split in SPLITS:
+        speakers = set(meta["split_speakers"][split])
+        segments, labels = [], []
+        for u in find_utterances(root):
+            if u.speaker not in speakers:
+                continue
+            audio, rate = sf.read(str(u.audio_path), dtype="float32")
+            assert rate == features.sample_rate
+            for line in u.phn_path.read_text().split("\n"):
+                if not line.strip():
+                    continue
+                start, end, label = line.split()
+                start, end = int(start), int(end)
+                if MAP_61_TO_48[label] is None or end - start > limit:
+                    continue
+                offset = (length - (end - start)) // 2
+                padded = np.zeros(length)
+                padded[offset : offset + end - start] = audio[start:end]
+                segments.append(padded)
+                labels.append(CLASS_INDEX_48[MAP_61_TO_48[label]])
+        raw = extractor(torch.from_numpy(np.stack(segments))).numpy()
+        out[split] = (raw, np.array(labels), np.stack(segments))
+    return out
+
+
+# --------------------------------------------------------------------------- discard and padding
+
+# Train phone lengths (samples), all distinct; the longest (6000) is the top 5% of 20 phones.
+TRAIN_A = [400, 700, 900, 1100, 1300, 1500, 1700, 1900, 2100, 6000]
+TRAIN_B = [450, 650, 850, 1050, 1250, 1450, 1650, 1850, 2000, 2400]
+TEST_C = [500, 2300, 2500, 7000]
+
+
+@pytest.fixture
+def length_corpus(tmp_path, make_utterance):
+    root = tmp_path / "TIMIT"
+    for spk, lengths in (("TRAIN/DR1/FCJF0", TRAIN_A), ("TRAIN/DR2/MDAC0", TRAIN_B)):
+        make_utterance(root, f"{spk}/SX1", lengths, ["aa", "iy", "s", "sh"] * 2 + ["n", "m"])
+    make_utterance(root, "TEST/DR1/MDAB0/SX2", TEST_C, ["aa", "iy", "s", "sh"])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("discard", "num_frames", "max_length", "frames", "discarded"),
+    [
+        (0.05, None, 2400, 15, {"train": 1, "val": 0, "test": 2}),
+        (0.10, None, 2100, 14, {"train": 2, "val": 0, "test": 3}),
+        (0.0, None, 6000, 39, {"train": 0, "val": 0, "test": 1}),
+        (0.05, 16, 2400, 16, {"train": 1, "val": 0, "test": 2}),
+        (0.05, 10, 1640, 10, {"train": 8, "val": 0, "test": 3}),
+    ],
+)
+def test_discard_longest_and_pad(length_corpus, tmp_path, discard, num_frames, max_length, frames, discarded):
+    options = CorpusOptions(val_fraction=0.0, discard_longest=discard, num_frames=num_frames)
+    cache = build_cache(length_corpus, tmp_path / "cache", options=options, progress=False)
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["max_phone_length"] == max_length
+    assert meta["num_frames"] == frames
+    assert meta["segment_length"] == 272 + 152 * (frames - 1)
+    assert meta["input_shape"] == [1, 201, frames]
+    assert meta["discarded"] == discarded
+    assert meta["kept"] == {"train": 20 - discarded["train"], "val": 0, "test": 4 - discarded["test"]}
+    for split in SPLITS:
+        x, y = load(cache, split)
+        assert x.shape == (meta["kept"][split], 1, 201, frames) and x.dtype == np.float32
+        assert y.shape == (meta["kept"][split],) and y.dtype == np.int64
+    stats = corpus_stats(length_corpus, options)
+    assert {s: stats["splits"][s]["discarded"] for s in SPLITS} == discarded
+    assert stats["padding"]["num_frames"] == frames
+
+
+def test_thesis_patch_size_on_2552_sample_segments(length_corpus, tmp_path):
+    options = CorpusOptions(val_fraction=0.0, num_frames=16)
+    cache = build_cache(length_corpus, tmp_path / "cache", options=options, progress=False)
+    meta = json.loads((cache / "meta.json").read_text())
+    assert (meta["segment_length"], meta["input_shape"]) == (2552, [1, 201, 16])
+
+
+def test_phones_are_zero_padded_on_both_sides(length_corpus, tmp_path):
+    """The real_imag patch inverts exactly: the padded segment has the phone centred in zeros."""
+    features = FeatureConfig(representation="real_imag")
+    options = CorpusOptions(val_fraction=0.0, num_frames=16)
+    cache = build_cache(length_corpus, tmp_path / "cache", features, options, progress=False)
+    x, _ = load(cache, "test")
+    mean = np.load(cache / "mean.npy")
+    audio = patch_to_audio(x[0], mean, features).numpy()  # TEST_C[0]: 500 samples in 2552
+    offset = (2552 - 500) // 2
+    assert np.abs(audio[:offset - 5]).max() < 1e-3 and np.abs(audio[offset + 505 :]).max() < 1e-3
+    original, _ = sf.read(str(find_utterances(length_corpus)[0].audio_path), dtype="float32")
+    np.testing.assert_allclose(audio[offset : offset + 500], original[:500], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- mean subtraction
+
+
+def test_training_mean_is_subtracted_from_every_split(toy_corpus, toy_cache):
+    raw = direct_raw_patches(toy_cache, toy_corpus, FeatureConfig())
+    mean = np.load(toy_cache / "mean.npy")
+    assert mean.shape == (1, 201, json.loads((toy_cache / "meta.json").read_text())["num_frames"])
+    np.testing.assert_allclose(mean, raw["train"][0].mean(axis=0), rtol=1e-4, atol=1e-5)
+    train_x, _ = load(toy_cache, "train")
+    # Training features average ~0 element-wise.
+    assert np.abs(train_x.astype(np.float64).mean(axis=0)).max() < 1e-5 * np.abs(mean).max() + 1e-6
+    for split in SPLITS:
+        x, y = load(toy_cache, split)
+        expected, labels, _ = raw[split]
+        assert len(x) > 0
+        np.testing.assert_array_equal(y, labels)
+        np.testing.assert_allclose(x, expected - mean, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("representation", ["real_imag", "magnitude_phase", "real"])
+def test_cached_patches_invert_to_the_padded_segment(toy_corpus, tmp_path, representation):
+    features = FeatureConfig(representation=representation)
+    cache = build_cache(toy_corpus, tmp_path / "cache", features, progress=False)
+    raw = direct_raw_patches(cache, toy_corpus, features)
+    x, _ = load(cache, "val")
+    mean = np.load(cache / "mean.npy")
+    padded = raw["val"][2]
+    correlations = [
+        np.corrcoef(patch_to_audio(x[i], mean, features).numpy(), padded[i])[0, 1] for i in range(8)
+    ]
+    print(f"{representation}: inversion correlation {np.round(correlations, 4).tolist()}")
+    if representation == "real":
+        # Real part only: a lossy inversion; the thesis accepts the distortion.
+        assert 0.5 < min(correlations) < 0.99
+    else:
+        assert min(correlations) > 0.99
+
+
+# --------------------------------------------------------------------------- resampling
+
+PHONE_MS = [50, 75, 60, 90, 40]
+PHONE_LABELS = ["h#", "aa", "iy", "aa", "h#"]
+
+
+def rate_corpus(root: Path, rate: int, make_utterance) -> Path:
+    lengths = [ms * rate // 1000 for ms in PHONE_MS]
+    for spk in ("TRAIN/DR1/FCJF0", "TRAIN/DR1/MDAC0", "TEST/DR1/MDAB0"):
+        for sentence in ("SX1", "SX2"):
+            make_utterance(root, f"{spk}/{sentence}", lengths, PHONE_LABELS, sample_rate=rate)
+    return root
+
+
+@pytest.mark.parametrize("rate", [8000, 32000])
+def test_other_sample_rates_are_resampled(tmp_path, make_utterance, rate):
+    native = rate_corpus(tmp_path / "native" / "TIMIT", 16000, make_utterance)
+    other = rate_corpus(tmp_path / f"r{rate}" / "TIMIT", rate, make_utterance)
+    options = CorpusOptions(num_frames=16, val_fraction=0.0)
+    index16, index_other = index_corpus(native, options), index_corpus(other, options)
+    assert index_other.corpus_sample_rate == rate and index16.corpus_sample_rate == 16000
+    for a, b in zip(index16.splits["train"], index_other.splits["train"], strict=True):
+        assert b.sample_rate == rate
+        np.testing.assert_array_equal(a.starts, b.starts)  # boundaries scaled to 16 kHz samples
+        np.testing.assert_array_equal(a.ends, b.ends)
+    features = FeatureConfig(representation="magnitude")
+    cache16 = build_cache(native, tmp_path / "c16", features, options, progress=False)
+    cache_other = build_cache(other, tmp_path / "cother", features, options, progress=False)
+    meta16, meta = (json.loads((c / "meta.json").read_text()) for c in (cache16, cache_other))
+    assert meta["corpus_sample_rate"] == rate
+    for key in ("input_shape", "segment_length", "kept", "discarded", "max_phone_length"):
+        assert meta[key] == meta16[key], key
+    for split in ("train", "test"):
+        x16 = load(cache16, split)[0] + np.load(cache16 / "mean.npy")
+        x = load(cache_other, split)[0] + np.load(cache_other / "mean.npy")
+        assert x.shape == x16.shape
+        # Same tones: the spectra agree (8 kHz audio simply has nothing above 4 kHz).
+        bins = slice(0, 90)  # 0..3.5 kHz
+        assert np.corrcoef(x[:, :, bins].ravel(), x16[:, :, bins].ravel())[0, 1] > 0.95
+
+
+# --------------------------------------------------------------------------- cache keys and reuse
+
+
+def test_second_run_reuses_the_cache_untouched(toy_corpus, tmp_path):
+    first = build_cache(toy_corpus, tmp_path / "cache", progress=False)
+    before = snapshot(first)
+    assert {p.name for p in first.iterdir()} == {
+        "meta.json",
+        "mean.npy",
+        *(f"{s}_{k}.npy" for s in SPLITS for k in ("x", "y", "speaker")),
+    }
+    second = build_cache(toy_corpus, tmp_path / "cache", progress=False)
+    assert second == first
+    assert snapshot(second) == before
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]
+
+
+SETTING_CHANGES = [
+    ("features", {"representation": "magnitude"}),
+    ("features", {"deltas": 1}),
+    ("features", {"sample_rate": 8000, "n_fft": 200}),
+    ("features", {"n_fft": 512}),
+    ("features", {"window_ms": 20.0}),
+    ("features", {"overlap_ms": 5.0}),
+    ("features", {"n_mels": 64}),
+    ("options", {"include_sa": True}),
+    ("options", {"split_scheme": "standard"}),
+    ("options", {"val_fraction": 0.2}),
+    ("options", {"split_seed": 1}),
+    ("options", {"discard_longest": 0.1}),
+    ("options", {"num_frames": 16}),
+    ("options", {"on_error": "skip"}),
+]
+
+
+def test_every_setting_changes_the_key(toy_corpus):
+    utterances = find_utterances(toy_corpus)
+    base = corpus_key(utterances, toy_corpus, FeatureConfig(), CorpusOptions())
+    keys = {base}
+    for kind, change in SETTING_CHANGES:
+        features = replace(FeatureConfig(), **change) if kind == "features" else FeatureConfig()
+        options = replace(CorpusOptions(), **change) if kind == "options" else CorpusOptions()
+        keys.add(corpus_key(utterances, toy_corpus, features, options))
+    assert len(keys) == len(SETTING_CHANGES) + 1
+    # Same settings, same files: same key (also when the corpus is moved elsewhere).
+    assert corpus_key(utterances, toy_corpus, FeatureConfig(), CorpusOptions()) == base
+
+
+def test_a_changed_setting_builds_a_new_cache(toy_corpus, tmp_path):
+    first = build_cache(toy_corpus, tmp_path / "cache", progress=False)
+    other = build_cache(
+        toy_corpus, tmp_path / "cache", options=CorpusOptions(discard_longest=0.2), progress=False
+    )
+    assert other != first and (other / "meta.json").is_file() and (first / "meta.json").is_file()
+    assert len(np.load(other / "train_y.npy")) < len(np.load(first / "train_y.npy"))
+
+
+def edit_phn_label_same_size(root: Path) -> None:
+    """Relabel the second phone of the last utterance with another label of the same length."""
+    phn = find_utterances(root)[-1].phn_path
+    lines = phn.read_text().splitlines()
+    start, end, label = lines[1].split()
+    new = next(p for p in PHONES_61 if p != label and len(p) == len(label) and p != "q")
+    lines[1] = f"{start} {end} {new}"
+    phn.write_text("\n".join(lines) + "\n")
+
+
+def wav_of(root: Path) -> Path:
+    return find_utterances(root)[-1].audio_path
+
+
+FILE_CHANGES = {
+    "wav_removed": lambda root: wav_of(root).unlink(),
+    "utterance_added": lambda root: shutil.copytree(
+        wav_of(root).parent, wav_of(root).parent.with_name("MNEW0")
+    ),
+    "phn_shortened": lambda root: find_utterances(root)[-1].phn_path.write_text(
+        "".join(find_utterances(root)[-1].phn_path.read_text().splitlines(True)[:-1])
+    ),
+    "wav_samples_changed_same_size": lambda root: wav_of(root).write_bytes(
+        wav_of(root).read_bytes()[:1024] + bytes(len(wav_of(root).read_bytes()) - 1024)
+    ),
+    "phn_label_changed_same_size": edit_phn_label_same_size,
+}
+
+
+@pytest.mark.parametrize("change", list(FILE_CHANGES))
+def test_a_changed_corpus_file_changes_the_key(toy_corpus, tmp_path, change):
+    root = tmp_path / "TIMIT"
+    shutil.copytree(toy_corpus, root)
+    before = corpus_key(find_utterances(root), root, FeatureConfig(), CorpusOptions())
+    FILE_CHANGES[change](root)
+    after = corpus_key(find_utterances(root), root, FeatureConfig(), CorpusOptions())
+    assert after != before, f"{change}: the cache key ignores this edit; a stale cache is reused"
+
+
+def test_relabelled_phone_is_not_served_from_a_stale_cache(toy_corpus, tmp_path):
+    root = tmp_path / "TIMIT"
+    shutil.copytree(toy_corpus, root)
+    first = build_cache(root, tmp_path / "cache", progress=False)
+    test_y = np.load(first / "test_y.npy")
+    edit_phn_label_same_size(root)
+    second = build_cache(root, tmp_path / "cache", progress=False)
+    relabelled = not np.array_equal(np.load(second / "test_y.npy"), test_y)
+    assert relabelled, "a .PHN label edit that keeps the file size is served from the old cache"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def assert_no_trusted_cache(cache_dir: Path) -> None:
+    left = sorted(p.name for p in cache_dir.iterdir()) if cache_dir.exists() else []
+    assert left == [], f"left behind in the cache folder: {left}"
+    assert not list(cache_dir.rglob("meta.json")) if cache_dir.exists() else True
+
+
+def test_bad_test_phn_fails_before_anything_is_written(toy_corpus, tmp_path):
+    root = tmp_path / "TIMIT"
+    shutil.copytree(toy_corpus, root)
+    bad = [u for u in find_utterances(root) if u.split == "test"][-1].phn_path
+    lines = bad.read_text().splitlines()
+    lines[3] = lines[3].rsplit(" ", 1)[0] + " xx"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=re.escape(f"{bad}:4: unknown phone label 'xx'")):
+        build_cache(root, tmp_path / "cache", progress=False)
+    assert_no_trusted_cache(tmp_path / "cache")
+
+
+@pytest.fixture
+def flac_corpus(tmp_path):
+    return write_toy_corpus(
+        tmp_path / "TIMIT", {"TRAIN": 3, "TEST": 2}, sentences=2, audio_format="flac"
+    )
+
+
+def corrupt_flac_frames(path: Path) -> None:
+    """Damage the compressed frames but not the STREAMINFO header: headers read, decoding fails."""
+    data = bytearray(path.read_bytes())
+    for i in range(400, len(data) - 50, 7):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_failure_midway_through_features_leaves_no_cache(flac_corpus, tmp_path):
+    """A TEST file whose header is fine but whose audio cannot decode fails the build after the
+    training features were written; nothing a later run would trust may remain."""
+    bad = [u for u in find_utterances(flac_corpus) if u.split == "test"][-1].audio_path
+    good = bad.read_bytes()
+    corrupt_flac_frames(bad)
+    assert sf.info(str(bad)).frames > 0  # the header still reads: validation passes
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(CorpusError, match=re.escape(f"{bad}: not a readable audio file")):
+        build_cache(flac_corpus, cache_dir, progress=False)
+    assert_no_trusted_cache(cache_dir)
+    bad.write_bytes(good)  # repaired: the next run builds a complete cache
+    cache = build_cache(flac_corpus, cache_dir, progress=False)
+    assert (cache / "meta.json").is_file() and len(np.load(cache / "test_y.npy")) > 0
+
+
+def test_corrupt_audio_is_skipped_with_on_error_skip(flac_corpus, tmp_path, caplog):
+    """``on_error="skip"`` should also cover audio that only fails while decoding."""
+    bad = [u for u in find_utterances(flac_corpus) if u.split == "test"][-1].audio_path
+    corrupt_flac_frames(bad)
+    cache = build_cache(
+        flac_corpus, tmp_path / "cache", options=CorpusOptions(on_error="skip"), progress=False
+    )
+    meta = json.loads((cache / "meta.json").read_text())
+    assert len(meta["skipped"]) == 1 and str(bad) in meta["skipped"][0]
+
+
+class Interrupted(BaseException):
+    """Stands for Ctrl-C / SIGTERM arriving in the middle of a build."""
+
+
+def test_interrupted_build_leaves_no_trusted_cache(toy_corpus, tmp_path):
+    cache_dir = tmp_path / "cache"
+    seen = []
+
+    def interrupt(signum, frame):
+        partial = list(cache_dir.glob(".*.partial/train_x.npy"))
+        if partial:
+            seen.append(partial[0])
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        with pytest.raises(Interrupted):
+            build_cache(toy_corpus, cache_dir, FeatureConfig(deltas=2), progress=False, batch_size=4)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert seen, "the build finished before it could be interrupted"
+    assert_no_trusted_cache(cache_dir)
+    cache = build_cache(toy_corpus, cache_dir, FeatureConfig(deltas=2), progress=False)
+    assert (cache / "meta.json").is_file()
+    assert [p.name for p in cache_dir.iterdir()] == [cache.name]
+
+
+def test_concurrent_cache_folder_is_not_clobbered(toy_corpus, tmp_path):
+    """A cache that appeared (complete) while this run built is kept, not replaced."""
+    cache = build_cache(toy_corpus, tmp_path / "cache", progress=False)
+    os.utime(cache / "meta.json", ns=(1, 1))
+    again = build_cache(toy_corpus, tmp_path / "cache", progress=False)
+    assert again == cache and (cache / "meta.json").stat().st_mtime_ns == 1

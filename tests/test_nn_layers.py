@@ -1,0 +1,234 @@
+"""Layer checks: hand-computed examples (thesis B.8 figures, an overlapping 5x1 case), gradcheck
+in float64, the transpose identity, and decoder modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from convae_lightning.nn import (
+    DECODER_IMPLS,
+    BlindUpsample2d,
+    DecoderConv2d,
+    EncoderConv2d,
+    MaxPool2dSwitches,
+    SwitchUnpool2d,
+    conv_transpose_weight,
+    decoder_conv2d,
+    pool_output_size,
+)
+
+X_2X2 = torch.tensor([[1.0, 2, 0, 1], [3, 4, 1, 5], [0, 1, 2, 0], [6, 1, 3, 1]]).view(1, 1, 4, 4)
+
+
+def test_switch_unpool_2x2_stride2_figure11() -> None:
+    y, idx = MaxPool2dSwitches((2, 2), (2, 2))(X_2X2)
+    assert y.flatten().tolist() == [4, 5, 6, 3]
+    out = SwitchUnpool2d((2, 2), (2, 2))(
+        torch.tensor([10.0, 20, 30, 40]).view(1, 1, 2, 2), idx, (4, 4)
+    )
+    expected = torch.zeros(4, 4)
+    expected[1, 1], expected[1, 3], expected[3, 0], expected[3, 2] = 10, 20, 30, 40
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_blind_upsample_2x2_stride2_figure12() -> None:
+    y = torch.tensor([[1.0, 2], [3, 4]]).view(1, 1, 2, 2)
+    out = BlindUpsample2d((2, 2), (2, 2))(y, (4, 4))
+    expected = torch.tensor([[1.0, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_switch_unpool_5x1_overlap_shared_switch_gets_mean() -> None:
+    # Regions [0..4] and [2..6] of a length-7 column both have their maximum at position 3.
+    x = torch.tensor([0.0, 1, 2, 9, 3, 1, 0]).view(1, 1, 7, 1)
+    _y, idx = MaxPool2dSwitches((5, 1), (2, 1))(x)
+    assert idx.flatten().tolist() == [3, 3]
+    out = SwitchUnpool2d((5, 1), (2, 1))(torch.tensor([2.0, 6]).view(1, 1, 2, 1), idx, (7, 1))
+    assert out.flatten().tolist() == [0, 0, 0, 4, 0, 0, 0]
+    # Distinct switches: plain placement.
+    x = torch.tensor([5.0, 0, 0, 0, 0, 0, 7]).view(1, 1, 7, 1)
+    _, idx = MaxPool2dSwitches((5, 1), (2, 1))(x)
+    out = SwitchUnpool2d((5, 1), (2, 1))(torch.tensor([1.0, 2]).view(1, 1, 2, 1), idx, (7, 1))
+    assert out.flatten().tolist() == [1, 0, 0, 0, 0, 0, 2]
+
+
+def test_blind_upsample_5x1_overlap_averages() -> None:
+    out = BlindUpsample2d((5, 1), (2, 1))(torch.tensor([2.0, 6]).view(1, 1, 2, 1), (7, 1))
+    assert out.flatten().tolist() == [2, 2, 4, 4, 4, 6, 6]
+    # 8 rows: the last is in no region (floor in the pooling size) and gets 0.
+    out = BlindUpsample2d((5, 1), (2, 1))(torch.tensor([2.0, 6]).view(1, 1, 2, 1), (8, 1))
+    assert out.flatten().tolist() == [2, 2, 4, 4, 4, 6, 6, 0]
+
+
+@pytest.mark.parametrize("size", [(201, 16), (99, 8), (48, 4)])
+def test_pool_unpool_restore_exact_size(size: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *size)
+    pool = MaxPool2dSwitches((5, 2), (2, 2))
+    y, idx = pool(x)
+    assert tuple(y.shape[-2:]) == pool_output_size(size, (5, 2), (2, 2))
+    assert SwitchUnpool2d((5, 2), (2, 2))(y, idx, size).shape == x.shape
+    assert BlindUpsample2d((5, 2), (2, 2))(y, size).shape == x.shape
+    # Unpooling the pooled values puts the maxima back where they were.
+    restored = SwitchUnpool2d((5, 2), (2, 2))(y, idx, size)
+    mask = restored != 0
+    assert torch.allclose(restored[mask], x[mask])
+
+
+def test_global_pool_and_inverses() -> None:
+    x = torch.randn(2, 3, 22, 2)
+    y, idx = MaxPool2dSwitches(None)(x)
+    assert y.shape == (2, 3, 1, 1)
+    assert torch.equal(y.flatten(), x.flatten(2).amax(-1).flatten())
+    out = SwitchUnpool2d(None)(y, idx, (22, 2))
+    assert torch.equal(out.flatten(2).amax(-1), y.flatten(2).squeeze(-1).clamp_min(0))
+    assert torch.count_nonzero(out) <= 6
+    blind = BlindUpsample2d(None)(y, (22, 2))
+    assert torch.equal(blind, y.expand(2, 3, 22, 2))
+
+
+def test_switch_unpool_under_deterministic_algorithms() -> None:
+    x = torch.randn(2, 4, 20, 6, requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y, idx = MaxPool2dSwitches((5, 2), (2, 2))(x)
+        out = SwitchUnpool2d((5, 2), (2, 2))(y, idx, (20, 6))
+        out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert out.shape == x.shape and x.grad is not None
+
+
+def test_gradcheck_switch_unpool() -> None:
+    x = torch.randn(2, 2, 11, 6, dtype=torch.float64)
+    _, idx = MaxPool2dSwitches((5, 2), (2, 2))(x)
+    y = torch.randn(2, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda v: SwitchUnpool2d((5, 2), (2, 2))(v, idx, (11, 6)), (y,))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "size"), [((5, 2), (2, 2), (11, 6)), (None, None, (5, 3))]
+)
+def test_gradcheck_blind_upsample(kernel, stride, size) -> None:
+    hw = pool_output_size(size, kernel, stride)
+    y = torch.randn(2, 2, *hw, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda v: BlindUpsample2d(kernel, stride)(v, size), (y,))
+
+
+def test_gradcheck_pool_with_switches() -> None:
+    x = torch.randn(1, 2, 9, 4, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda v: MaxPool2dSwitches((5, 2), (2, 2))(v)[0], (x,))
+
+
+@pytest.mark.parametrize("kernel", [(4, 6), (5, 3), (5, 2)])  # even/odd, as in Figure 2
+def test_gradcheck_encoder_and_decoder_convs(kernel: tuple[int, int]) -> None:
+    enc = EncoderConv2d(2, 3, kernel).double()
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(enc, (x,))
+    for mode in ("free", "tied"):
+        for impl in DECODER_IMPLS:
+            dec = DecoderConv2d(enc, mode=mode, impl=impl).double()
+            y = torch.randn(1, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+            assert gradcheck(dec, (y,))
+
+
+def test_conv_transpose_weight_formula_and_involution() -> None:
+    w = torch.randn(4, 3, 5, 2)
+    t = conv_transpose_weight(w)
+    assert t.shape == (3, 4, 5, 2)
+    # T(F)[i,j,k,d] = F[H-i+1, W-j+1, d, k] (1-based), here in (out, in, h, w) layout.
+    for k, d, i, j in [(0, 0, 0, 0), (2, 1, 3, 1), (1, 3, 4, 0)]:
+        assert t[k, d, i, j] == w[d, k, 5 - 1 - i, 2 - 1 - j]
+    assert torch.equal(conv_transpose_weight(t), w)
+
+
+@pytest.mark.parametrize("kernel", [(8, 16), (5, 3), (5, 2), (1, 1)])
+@pytest.mark.parametrize("impl", DECODER_IMPLS)
+def test_transposed_decoder_is_the_adjoint_of_the_encoder(kernel, impl) -> None:
+    enc = EncoderConv2d(3, 4, kernel).double()
+    with torch.no_grad():
+        enc.bias.zero_()
+    x = torch.randn(2, 3, 13, 9, dtype=torch.float64)
+    g = torch.randn(2, 4, 13, 9, dtype=torch.float64)
+    dec = decoder_conv2d(g, conv_transpose_weight(enc.weight), None, impl=impl)
+    # <conv(x), g> == <x, conv_T(g)>: the transpose is the exact adjoint.
+    lhs = (enc(x) * g).sum()
+    rhs = (x * dec).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", [(8, 16), (5, 3), (5, 2)])
+def test_decoder_impls_agree_with_padded_conv2d(kernel) -> None:
+    w = torch.randn(2, 5, *kernel)
+    b = torch.randn(2)
+    y = torch.randn(3, 5, 20, 8)
+    a = decoder_conv2d(y, w, b, impl="conv_transpose")
+    c = decoder_conv2d(y, w, b, impl="conv2d")
+    kh, kw = kernel
+    reference = F.conv2d(F.pad(y, (kw // 2, (kw - 1) // 2, kh // 2, (kh - 1) // 2)), w, b)
+    assert a.shape == (*y.shape[:1], 2, *y.shape[2:])
+    assert torch.allclose(a, reference, atol=1e-4) and torch.allclose(c, reference, atol=1e-4)
+
+
+def test_transpose_sync_starts_at_transpose_and_has_no_gradient() -> None:
+    enc = EncoderConv2d(3, 4, (5, 3))
+    dec = DecoderConv2d(enc, mode="transpose_sync")
+    assert torch.equal(dec.weight, conv_transpose_weight(enc.weight))
+    assert "weight" not in dict(dec.named_parameters())
+    assert "weight" in dict(dec.named_buffers())
+    dec(enc(torch.randn(2, 3, 9, 6))).sum().backward()
+    assert dec.weight.grad is None and enc.weight.grad is not None
+    with torch.no_grad():
+        enc.weight.add_(1.0)
+    assert not torch.equal(dec.weight, conv_transpose_weight(enc.weight))
+    dec.sync_transpose_()
+    assert torch.equal(dec.weight, conv_transpose_weight(enc.weight))
+
+
+def test_tied_decoder_shares_storage_and_gradients() -> None:
+    enc = EncoderConv2d(3, 4, (5, 2))
+    dec = DecoderConv2d(enc, mode="tied")
+    names = [n for n, _ in dec.named_parameters()]
+    assert names == ["bias"]
+    y = torch.randn(2, 4, 9, 6)
+    dec(y).sum().backward()
+    assert enc.weight.grad is not None and torch.count_nonzero(enc.weight.grad) > 0
+    with torch.no_grad():
+        enc.weight.mul_(2.0)
+    # The decoder weight follows the encoder immediately (no copy to sync).
+    assert torch.equal(dec.weight, conv_transpose_weight(enc.weight))
+
+
+def test_init_transpose_then_trains_freely() -> None:
+    enc = EncoderConv2d(3, 4, (5, 3))
+    dec = DecoderConv2d(enc, mode="init_transpose")
+    assert torch.equal(dec.weight, conv_transpose_weight(enc.weight))
+    assert dec.weight.data_ptr() != enc.weight.data_ptr()
+    dec(torch.randn(1, 4, 7, 5)).sum().backward()
+    assert dec.weight.grad is not None and enc.weight.grad is None
+
+
+def test_decoder_rejects_untransposable_kernels() -> None:
+    enc = EncoderConv2d(3, 4, (5, 3))
+    with pytest.raises(ValueError, match=r"transpose_sync.*kernel"):
+        DecoderConv2d(enc, mode="transpose_sync", kernel_size=(3, 3))
+    with pytest.raises(ValueError, match="decoder_conv must be one of"):
+        DecoderConv2d(enc, mode="fixed")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="same-padded"):
+        DecoderConv2d(EncoderConv2d(3, 4, (5, 3), padding="valid"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"in_channels": 0, "out_channels": 2, "kernel_size": (3, 3)}, "in_channels"),
+        ({"in_channels": 1, "out_channels": -1, "kernel_size": (3, 3)}, "out_channels"),
+        ({"in_channels": 1, "out_channels": 2, "kernel_size": (0, 3)}, "kernel_size_h"),
+    ],
+)
+def test_encoder_conv_rejects_non_positive_sizes(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        EncoderConv2d(**kwargs)
