@@ -43,9 +43,7 @@ def naive_autoencoder() -> ConvAutoencoder:
     return model
 
 
-def measure(
-    model: nn.Module, loss_fn: Callable, batch: int, steps: int, warmup: int
-) -> float:
+def measure(model: nn.Module, loss_fn: Callable, batch: int, steps: int, warmup: int) -> float:
     """Median samples/s of full training steps (forward, backward, AdaGrad update)."""
     x = torch.randn(batch, 1, 201, 16)
     y = torch.randint(0, 48, (batch,))

@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jsonargparse import CLI
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -20,6 +23,12 @@ from convae_lightning.data import TimitDataModule
 from convae_lightning.data.timit import CorpusError
 from convae_lightning.loggers import OfflineWandbLogger
 from convae_lightning.models import ConvaeModule
+
+#: Every run logs to CSV (for offline reports) and to W&B, offline unless configured otherwise.
+DEFAULT_LOGGERS: list[dict[str, Any]] = [
+    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+    {"class_path": "convae_lightning.loggers.OfflineWandbLogger", "init_args": {"offline": True}},
+]
 
 #: Errors that are the user's to fix: shown as one line (``CONVAE_DEBUG=1`` shows tracebacks).
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CorpusError)
@@ -44,8 +53,29 @@ class ConvaeCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        for key in ("input_shape", "num_classes"):
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+        # Always-on callbacks, configured under their own keys (`checkpoint.monitor: ...`).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss_balanced",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+            }
+        )
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.set_defaults({"trainer.logger": DEFAULT_LOGGERS})
+
+    def before_instantiate_classes(self) -> None:
+        # Name runs after their config file: runs/<config stem>/version_N/.
+        config = self.config.get(self.subcommand, self.config)
+        files = config.get("config") or []
+        name = Path(str(files[0])).stem if files else "run"
+        for logger in config["trainer"].get("logger") or []:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and init_args.get("name") in (None, "lightning_logs", "run"):
+                init_args["name"] = name
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)

@@ -75,9 +75,9 @@ def make_utterance() -> UtteranceWriter:
         seed: int = 0,
     ) -> Path:
         split, dialect, speaker, sentence = utterance_id.split("/")
-        labels = list(labels) if labels is not None else ["h#"] + ["aa"] * (len(lengths) - 2) + [
-            "h#"
-        ]
+        labels = (
+            list(labels) if labels is not None else ["h#"] + ["aa"] * (len(lengths) - 2) + ["h#"]
+        )
         rng = np.random.default_rng(seed)
         audio, segments, cursor = [], [], 0
         for i, (label, length) in enumerate(zip(labels, lengths, strict=True)):
@@ -105,7 +105,7 @@ def make_utterance() -> UtteranceWriter:
 
 
 @pytest.fixture
-def small_corpus(tmp_path, make_utterance) -> Path:
+def tiny_corpus(tmp_path, make_utterance) -> Path:
     """A minimal valid corpus: 3 TRAIN speakers and 1 TEST speaker, 2 sentences each."""
     root = tmp_path / "TIMIT"
     labels = ["h#", "aa", "s", "iy", "q", "t", "h#"]
@@ -113,5 +113,7 @@ def small_corpus(tmp_path, make_utterance) -> Path:
     speakers = (("TRAIN", "FCJF0"), ("TRAIN", "MDAC0"), ("TRAIN", "FDAW0"), ("TEST", "MDAB0"))
     for s, (split, speaker) in enumerate(speakers):
         for k, sentence in enumerate(("SI1027", "SX127")):
-            make_utterance(root, f"{split}/DR1/{speaker}/{sentence}", lengths, labels, seed=2 * s + k)
+            make_utterance(
+                root, f"{split}/DR1/{speaker}/{sentence}", lengths, labels, seed=2 * s + k
+            )
     return root

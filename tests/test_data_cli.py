@@ -20,32 +20,57 @@ def cli_corpus(tmp_path_factory) -> Path:
     return write_toy_corpus(root, {"TRAIN": 3, "TEST": 1}, sentences=2, phones_per_sentence=12)
 
 
-def convae(*args: str, cache: Path) -> subprocess.CompletedProcess:
+def convae(*args: str, cache: Path) -> subprocess.Popen:
     env = {**os.environ, "CONVAE_CACHE_DIR": str(cache), "COLUMNS": "200"}
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "convae_lightning.cli", "data", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=120,
     )
 
 
-def test_stats_tables(cli_corpus, tmp_path):
-    result = convae("stats", str(cli_corpus), cache=tmp_path)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    for word in ("utterances", "speakers", "phones", "discarded", "Phones per class (48 classes)",
-                 "Phones per class (39 classes)", "missing classes"):
+@pytest.fixture(scope="module")
+def runs(cli_corpus, tmp_path_factory) -> dict[str, tuple]:
+    """Every CLI run of this module, started at once (each spends ~4 s importing torch)."""
+    base = tmp_path_factory.mktemp("cli_runs")
+    root = str(cli_corpus)
+    commands = {
+        "stats": (["stats", root], base / "stats_env"),
+        "json": (["stats", root, "--json_output", "true"], base / "json_env"),
+        "prepare": (["prepare", root, "--cache_dir", str(base / "explicit")], base / "env"),
+        "bad_root": (["stats", str(base / "no_such_corpus")], base / "bad_env"),
+    }
+    procs = {name: convae(*args, cache=env) for name, (args, env) in commands.items()}
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        results[name] = (proc.returncode, out, err, base)
+    return results
+
+
+def test_stats_tables(cli_corpus, runs):
+    code, out, err, base = runs["stats"]
+    assert code == 0, err
+    for word in (
+        "utterances",
+        "speakers",
+        "phones",
+        "discarded",
+        "Phones per class (48 classes)",
+        "Phones per class (39 classes)",
+        "missing classes",
+    ):
         assert word in out, word
     assert str(cli_corpus) in out.replace("\n", "")
-    assert not list(tmp_path.iterdir())  # stats builds no cache
+    assert not (base / "stats_env").exists()  # stats builds no cache
 
 
-def test_stats_json_counts(cli_corpus, tmp_path):
-    result = convae("stats", str(cli_corpus), "--json_output", "true", cache=tmp_path)
-    assert result.returncode == 0, result.stderr
-    stats = json.loads(result.stdout)
+def test_stats_json_counts(runs):
+    code, out, err, _ = runs["json"]
+    assert code == 0, err
+    stats = json.loads(out)
     splits = stats["splits"]
     # 4 speakers x 2 SX sentences (SA1 dropped); one TRAIN speaker held out for validation.
     assert {s: splits[s]["speakers"] for s in splits} == {"train": 2, "val": 1, "test": 1}
@@ -62,22 +87,22 @@ def test_stats_json_counts(cli_corpus, tmp_path):
     assert stats["skipped_files"] == 0 and stats["corpus_sample_rate"] == 16000
 
 
-def test_prepare_builds_the_cache(cli_corpus, tmp_path):
-    cache = tmp_path / "explicit"
-    result = convae("prepare", str(cli_corpus), "--cache_dir", str(cache), cache=tmp_path / "env")
-    assert result.returncode == 0, result.stderr
-    built = list(cache.glob("*/meta.json"))
+def test_prepare_builds_the_cache(runs):
+    code, out, err, base = runs["prepare"]
+    assert code == 0, err
+    built = list((base / "explicit").glob("*/meta.json"))
     assert len(built) == 1
-    assert not (tmp_path / "env").exists()  # --cache_dir wins over $CONVAE_CACHE_DIR
+    assert not (base / "env").exists()  # --cache_dir wins over $CONVAE_CACHE_DIR
     meta = json.loads(built[0].read_text())
-    out = result.stdout
     assert "patch shape (C, F, T)" in out and "discarded" in out and "speakers" in out
     for split in ("train", "val", "test"):
-        assert f"{split}: {meta['kept'][split]} phones kept, {meta['discarded'][split]} discarded" in out
+        assert (
+            f"{split}: {meta['kept'][split]} phones kept, {meta['discarded'][split]} discarded"
+            in out
+        )
 
 
-def test_bad_root_exits_non_zero_naming_the_path(tmp_path):
-    missing = tmp_path / "no_such_corpus"
-    result = convae("stats", str(missing), cache=tmp_path)
-    assert result.returncode != 0
-    assert str(missing) in result.stderr
+def test_bad_root_exits_non_zero_naming_the_path(runs):
+    code, _, err, base = runs["bad_root"]
+    assert code != 0
+    assert str(base / "no_such_corpus") in err

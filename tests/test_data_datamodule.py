@@ -34,7 +34,7 @@ def datamodule(toy_corpus, tmp_path):
 
 def test_prepare_data_builds_the_cache_and_setup_memory_maps(toy_corpus, tmp_path):
     dm = TimitDataModule(root=str(toy_corpus), cache_dir=str(tmp_path / "cache"), progress=False)
-    assert dm.input_shape == (1, 201, 16)  # before setup: the thesis default
+    assert not (tmp_path / "cache").exists()  # constructing builds nothing
     dm.prepare_data()
     built = [p for p in (tmp_path / "cache").iterdir()]
     assert len(built) == 1 and (built[0] / "meta.json").is_file()
@@ -52,6 +52,10 @@ def test_prepare_data_builds_the_cache_and_setup_memory_maps(toy_corpus, tmp_pat
     assert dm.mean_spectrogram.shape == dm.input_shape
     dm.setup("test")  # idempotent
     assert dm.cache_path == built[0]
+    # input_shape before setup finds the same cache (T follows from the corpus: 19 here).
+    fresh = TimitDataModule(root=str(toy_corpus), cache_dir=str(tmp_path / "cache"))
+    assert fresh.input_shape == dm.input_shape
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [built[0].name]
 
 
 def test_default_cache_dir_is_convae_cache_dir(toy_corpus, isolated_cache_dir):
@@ -140,7 +144,7 @@ def test_representation_reaches_the_batches(toy_corpus, tmp_path, representation
     assert dm.input_shape == (*shape, 16)
     dm.prepare_data()
     dm.setup()
-    x, y = next(iter(dm.train_dataloader()))
+    x, _ = next(iter(dm.train_dataloader()))
     assert tuple(x.shape[1:]) == dm.input_shape == (*shape, 16)
 
 

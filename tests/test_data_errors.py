@@ -17,7 +17,7 @@ from convae_lightning.data.prepare import CorpusOptions, build_cache
 from convae_lightning.data.stats import corpus_stats
 from convae_lightning.data.timit import CorpusError, find_utterances
 
-# small_corpus (conftest): 4 speakers x 2 sentences = 8 utterances, 7 phones each, one of them q.
+# tiny_corpus (conftest): 4 speakers x 2 sentences = 8 utterances, 7 phones each, one of them q.
 UTTERANCES = 8
 VICTIM = "TRAIN/DR1/MDAC0/SX127"
 
@@ -61,7 +61,7 @@ def phn_case(line: int, text: str, message: str) -> Callable:
     return damage
 
 
-# Phone lengths of small_corpus: 800 1200 1500 1100 300 900 700 -> ends 800 2000 3500 4600 4900 5800 6500
+# tiny_corpus phone lengths 800 1200 1500 1100 300 900 700: ends 800 2000 3500 4600 4900 5800 6500
 BAD_INPUTS = {
     "missing_phn": missing_phn,
     "truncated_sphere": truncated_sphere,
@@ -76,23 +76,23 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_raises_naming_file_and_line(small_corpus, tmp_path, case):
-    path, line, message = BAD_INPUTS[case](small_corpus)
+def test_bad_input_raises_naming_file_and_line(tiny_corpus, tmp_path, case):
+    path, line, message = BAD_INPUTS[case](tiny_corpus)
     where = f"{path}:{line}: " if line else f"{path}: "
     cache_dir = tmp_path / "cache"
     with pytest.raises(CorpusError, match=re.escape(where) + ".*" + re.escape(message)) as info:
-        build_cache(small_corpus, cache_dir, progress=False)
+        build_cache(tiny_corpus, cache_dir, progress=False)
     assert info.value.path == path and info.value.line == line
     left = list(cache_dir.iterdir()) if cache_dir.exists() else []
     assert left == [], f"partial cache left behind: {left}"
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_skipped_with_a_counted_warning(small_corpus, tmp_path, caplog, case):
-    path, _, message = BAD_INPUTS[case](small_corpus)
+def test_bad_input_is_skipped_with_a_counted_warning(tiny_corpus, tmp_path, caplog, case):
+    path, _, message = BAD_INPUTS[case](tiny_corpus)
     options = CorpusOptions(on_error="skip", val_fraction=0.0)
     with caplog.at_level(logging.WARNING):
-        cache = build_cache(small_corpus, tmp_path / "cache", options=options, progress=False)
+        cache = build_cache(tiny_corpus, tmp_path / "cache", options=options, progress=False)
     assert re.search(r"skipped 1 bad file", caplog.text), f"no counted warning for {case}"
     assert str(path) in caplog.text
     meta = json.loads((cache / "meta.json").read_text())
@@ -100,20 +100,20 @@ def test_bad_input_is_skipped_with_a_counted_warning(small_corpus, tmp_path, cap
     assert message in meta["skipped"][0]
     # The file is left out: 7 utterances x 6 phones (q deleted) remain.
     assert sum(meta["kept"].values()) + sum(meta["discarded"].values()) == (UTTERANCES - 1) * 6
-    stats = corpus_stats(small_corpus, options)
+    stats = corpus_stats(tiny_corpus, options)
     assert sum(s["utterances"] for s in stats["splits"].values()) == UTTERANCES - 1
     assert stats["skipped_files"] == 1
 
 
-def test_odd_sample_rate_is_blamed_on_the_odd_file(small_corpus, tmp_path):
+def test_odd_sample_rate_is_blamed_on_the_odd_file(tiny_corpus, tmp_path):
     """The first file in corpus order (TEST sorts before TRAIN) must not set the corpus rate."""
-    first = find_utterances(small_corpus)[0].audio_path
-    assert first == small_corpus / "TEST/DR1/MDAB0/SI1027.WAV"
+    first = find_utterances(tiny_corpus)[0].audio_path
+    assert first == tiny_corpus / "TEST/DR1/MDAB0/SI1027.WAV"
     write_sphere(first, np.zeros(6500) + 0.1, sample_rate=8000)
     with pytest.raises(CorpusError, match=re.escape(f"{first}: sample rate 8000 Hz differs")):
-        build_cache(small_corpus, tmp_path / "cache", progress=False)
+        build_cache(tiny_corpus, tmp_path / "cache", progress=False)
     options = CorpusOptions(on_error="skip")
-    cache = build_cache(small_corpus, tmp_path / "cache", options=options, progress=False)
+    cache = build_cache(tiny_corpus, tmp_path / "cache", options=options, progress=False)
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["corpus_sample_rate"] == 16000
     assert len(meta["skipped"]) == 1 and str(first) in meta["skipped"][0]
@@ -132,7 +132,9 @@ def test_gaps_between_phones_are_tolerated(tmp_path, make_utterance):
 
 def test_missing_root_and_empty_tree(tmp_path):
     missing = tmp_path / "TIMIT"
-    with pytest.raises(FileNotFoundError, match=re.escape(f"corpus root '{missing}' does not exist")):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"corpus root '{missing}' does not exist")
+    ):
         build_cache(missing, tmp_path / "cache", progress=False)
     (missing / "TRAIN" / "DR1").mkdir(parents=True)
     (missing / "TRAIN" / "DR1" / "README.TXT").write_text("not audio")
@@ -141,8 +143,8 @@ def test_missing_root_and_empty_tree(tmp_path):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
 
 
-def test_every_file_bad_is_an_error_even_when_skipping(small_corpus, tmp_path):
-    for phn in small_corpus.rglob("*.PHN"):
+def test_every_file_bad_is_an_error_even_when_skipping(tiny_corpus, tmp_path):
+    for phn in tiny_corpus.rglob("*.PHN"):
         phn.write_text("0 10 nope\n")
-    with pytest.raises(CorpusError, match=re.escape(f"{small_corpus}: no valid utterances left")):
-        build_cache(small_corpus, tmp_path / "cache", options=CorpusOptions(on_error="skip"))
+    with pytest.raises(CorpusError, match=re.escape(f"{tiny_corpus}: no valid utterances left")):
+        build_cache(tiny_corpus, tmp_path / "cache", options=CorpusOptions(on_error="skip"))

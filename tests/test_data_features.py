@@ -88,7 +88,9 @@ def test_representations_agree_with_each_other():
     get = {r: PatchExtractor(FeatureConfig(representation=r))(x)[0] for r in SHAPES}
     re_, im = get["real_imag"]
     torch.testing.assert_close(get["real"][0], re_)
-    torch.testing.assert_close(get["magnitude"][0], torch.sqrt(re_**2 + im**2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        get["magnitude"][0], torch.sqrt(re_**2 + im**2), rtol=1e-5, atol=1e-6
+    )
     mag, phase = get["magnitude_phase"]
     torch.testing.assert_close(mag, get["magnitude"][0])
     assert phase.abs().max() <= torch.pi + 1e-6
@@ -105,7 +107,13 @@ def test_delta_channels_are_regression_deltas():
 
     def delta(c):  # HTK regression over +-2 frames, edges replicated
         p = np.pad(c, ((0, 0), (2, 2)), mode="edge")
-        return sum(n * (p[:, 2 + n : p.shape[1] - 2 + n] - p[:, 2 - n : p.shape[1] - 2 - n]) for n in (1, 2)) / 10
+        return (
+            sum(
+                n * (p[:, 2 + n : p.shape[1] - 2 + n] - p[:, 2 - n : p.shape[1] - 2 - n])
+                for n in (1, 2)
+            )
+            / 10
+        )
 
     np.testing.assert_allclose(patch[1], delta(patch[0]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(patch[2], delta(delta(patch[0])), rtol=1e-4, atol=1e-5)

@@ -71,7 +71,7 @@ def test_ddp_rank_shares_are_disjoint_and_cover_the_draw(per_class):
     assert interleaved[:total] == full
     if total % 2 == 0:
         assert Counter(shares[0]) + Counter(shares[1]) == Counter(full)
-        # Without repeats in the draw the shares are disjoint as sets too.
+    # Without repeats in the draw the shares are disjoint as sets too.
     single = list(StratifiedResampler(np.arange(30) % 3, 10, seed=2, num_replicas=2, rank=0))
     other = list(StratifiedResampler(np.arange(30) % 3, 10, seed=2, num_replicas=2, rank=1))
     assert not set(single) & set(other) and sorted(single + other) == list(range(30))

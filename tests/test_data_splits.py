@@ -1,4 +1,4 @@
-"""Speaker-disjoint splits: thesis (val from TRAIN) and standard (50-speaker dev, 24-speaker core)."""
+"""Speaker-disjoint splits: thesis (val from TRAIN), standard (50 dev / 24 core-test speakers)."""
 
 from __future__ import annotations
 

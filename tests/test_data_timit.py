@@ -1,4 +1,4 @@
-"""Finding and reading TIMIT-layout corpora: LDC SPHERE, lowercase, RIFF copies, FLAC; .PHN files."""
+"""Finding and reading TIMIT-layout corpora (LDC SPHERE, lowercase, RIFF, FLAC) and .PHN files."""
 
 from __future__ import annotations
 
@@ -100,7 +100,12 @@ def test_ldc_sphere_file_is_real_nist_with_1024_byte_header(layouts):
     count = int(re.search(r"sample_count -i (\d+)", header).group(1))
     assert len(raw) == SPHERE_HEADER_BYTES + 2 * count
     info = sf.info(str(u.audio_path))
-    assert (info.format, info.subtype, info.samplerate, info.frames) == ("NIST", "PCM_16", 16000, count)
+    assert (info.format, info.subtype, info.samplerate, info.frames) == (
+        "NIST",
+        "PCM_16",
+        16000,
+        count,
+    )
     assert audio_info(u.audio_path).num_samples == count
     # The .PHN ends where the audio ends; .WRD and .TXT sit beside it, as in the LDC release.
     assert read_phones(u.phn_path)[-1].end == count
@@ -193,7 +198,9 @@ def test_wav_without_phn(tmp_path, layouts):
     shutil.copytree(layouts["sphere", False], root)
     victim = find_utterances(root)[1]
     victim.phn_path.unlink()
-    with pytest.raises(CorpusError, match=re.escape(f"{victim.audio_path}: audio file has no .PHN")):
+    with pytest.raises(
+        CorpusError, match=re.escape(f"{victim.audio_path}: audio file has no .PHN")
+    ):
         find_utterances(root)
     kept = find_utterances(root, on_error="skip")
     assert len(kept) == 5 and victim.audio_path not in {u.audio_path for u in kept}

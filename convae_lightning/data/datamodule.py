@@ -84,6 +84,8 @@ class TimitDataModule(pl.LightningDataModule):
         train_per_class: examples per class per training epoch (thesis: 500).
         eval_per_class: examples per class in balanced evaluation (thesis: 200).
         eval_distribution: ``balanced``, ``natural`` or ``both``.
+        val_split: split the validation loaders read: ``val``; ``train`` or ``test`` evaluate an
+            (untrained) model on those splits with ``lightning validate``.
         batch_size: examples per batch.
         num_workers: dataloader workers; ``None`` picks 0 on CPU (batches are single memmap reads,
             workers would only compete with training for the cores) and 4 with a GPU.
@@ -109,6 +111,7 @@ class TimitDataModule(pl.LightningDataModule):
         train_per_class: int = 500,
         eval_per_class: int = 200,
         eval_distribution: EvalDistribution = "both",
+        val_split: Literal["val", "train", "test"] = "val",
         batch_size: int = 256,
         num_workers: int | None = None,
         on_error: OnError = "raise",
@@ -124,6 +127,8 @@ class TimitDataModule(pl.LightningDataModule):
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if val_split not in ("val", "train", "test"):
+            raise ValueError(f"val_split must be 'val', 'train' or 'test', got {val_split!r}")
         if eval_distribution not in ("balanced", "natural", "both"):
             raise ValueError(
                 "eval_distribution must be 'balanced', 'natural' or 'both', "
@@ -258,14 +263,10 @@ class TimitDataModule(pl.LightningDataModule):
         return loaders
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
+        return self._eval_loaders(self.hparams.val_split)
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
-
-    def train_eval_dataloader(self) -> list[DataLoader]:
-        """The training split in the evaluation views (for "no training" baselines, thesis A)."""
-        return self._eval_loaders("train")
 
 
 __all__ = ["PatchDataset", "TimitDataModule", "embedded_corpus_root"]

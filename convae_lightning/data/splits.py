@@ -34,8 +34,8 @@ def assign_splits(
 ) -> dict[str, list[Utterance]]:
     """Split utterances into ``train``/``val``/``test`` without any speaker crossing splits.
 
-    ``thesis``: train = TRAIN, test = TEST, validation = ``val_fraction`` of the TRAIN speakers,
-    chosen by a seeded shuffle within each dialect region (so regions stay balanced).
+    ``thesis``: train = TRAIN, test = TEST, validation = ``val_fraction`` of the TRAIN speakers
+    (at least one), drawn in a seeded order from each dialect region in turn.
     ``standard``: train = TRAIN, validation = the 50-speaker development set, test = the 24-speaker
     core test set (both from TEST; other TEST speakers are unused).
 
@@ -59,26 +59,31 @@ def assign_splits(
         return {"train": train, "val": dev, "test": core}
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    rng = np.random.default_rng(seed)
-    val_speakers: set[str] = set()
-    by_region: dict[str, list[str]] = {}
-    for u in train:
-        by_region.setdefault(u.dialect, [])
-        if u.speaker not in by_region[u.dialect]:
-            by_region[u.dialect].append(u.speaker)
-    for region in sorted(by_region):
-        speakers = sorted(by_region[region])
-        count = round(len(speakers) * val_fraction)
-        val_speakers.update(rng.permutation(speakers)[:count].tolist())
-    if val_fraction > 0 and not val_speakers and train:
-        # Tiny corpora: round() gave no speaker in any region; hold out one all the same.
-        all_speakers = sorted({u.speaker for u in train})
-        val_speakers.add(all_speakers[int(rng.integers(len(all_speakers)))])
+    val_speakers = _held_out_speakers(train, val_fraction, seed)
     return {
         "train": [u for u in train if u.speaker not in val_speakers],
         "val": [u for u in train if u.speaker in val_speakers],
         "test": test,
     }
+
+
+def _held_out_speakers(train: Sequence[Utterance], fraction: float, seed: int) -> set[str]:
+    """``round(fraction * speakers)`` TRAIN speakers (at least one when ``fraction > 0``), taken
+    in turn from the dialect regions in a seeded order, so small corpora stay balanced too."""
+    by_region: dict[str, set[str]] = {}
+    for u in train:
+        by_region.setdefault(u.dialect, set()).add(u.speaker)
+    total = sum(len(v) for v in by_region.values())
+    count = max(1, round(total * fraction)) if fraction > 0 and total > 1 else 0
+    rng = np.random.default_rng(seed)
+    queues = {r: rng.permutation(sorted(by_region[r])).tolist() for r in sorted(by_region)}
+    order = rng.permutation(sorted(queues)).tolist()
+    chosen: set[str] = set()
+    while len(chosen) < count:
+        for region in order:
+            if queues[region] and len(chosen) < count:
+                chosen.add(queues[region].pop())
+    return chosen
 
 
 __all__ = ["CORE_TEST_SPEAKERS", "DEV_SPEAKERS", "SPLITS", "SplitScheme", "assign_splits"]

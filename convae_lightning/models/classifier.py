@@ -50,7 +50,9 @@ class ForwardClassifier(ConvaeModule):
         padding: Override the variant's padding: ``same`` (full) or ``valid``.
         fc_sizes: Override the hidden fully connected sizes (the output layer is added).
         dropout: Probability of *dropping* a unit before the output layer. The thesis's "dropout
-            rate 0.9" is read as MatConvNet's drop rate; see docs/models.md for the experiment.
+            rate 0.9" is read as keep probability 0.9 (drop 0.1): with drop 0.9 the network did
+            not learn within a short synthetic run (docs/models.md,
+            ``python -m convae_lightning.models.dropout_study``).
         frozen: Glob patterns of parameter names frozen from the start, e.g.
             ``["encoder.*.conv.bias"]`` (weights and biases separately) or ``["*"]``.
         optimizer: Optimiser factory (AdaGrad by default, as in the thesis).
@@ -69,7 +71,7 @@ class ForwardClassifier(ConvaeModule):
         pool_sizes: Sequence[PoolSize] | None = None,
         padding: Literal["same", "valid"] | None = None,
         fc_sizes: Sequence[int] | None = None,
-        dropout: float = 0.9,
+        dropout: float = 0.1,
         frozen: Sequence[str] = (),
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -245,7 +247,7 @@ class AutoencoderClassifier(ForwardClassifier):
         kernel_sizes: Sequence[tuple[int, int]] = FIGURE2["kernel_sizes"],
         pool_sizes: Sequence[PoolSize] = FIGURE2["pool_sizes"],
         fc_sizes: Sequence[int] = FIGURE2["fc_sizes"],
-        dropout: float = 0.9,
+        dropout: float = 0.1,
         frozen: Sequence[str] = (),
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
