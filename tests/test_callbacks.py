@@ -190,9 +190,7 @@ class DepthLog(Callback):
 
 
 @pytest.mark.parametrize("mode", ["strong", "weak"])
-def test_stack_growth_grows_at_convergence_and_stops_after_the_last_unit(
-    cache_dir, tmp_path, mode
-):
+def test_stack_growth_grows_at_convergence_and_stops_after_the_last_unit(cache_dir, tmp_path, mode):
     dm = datamodule(cache_dir)
     model = StackedAutoencoder(dm.input_shape, num_units=3, mode=mode, **SMALL)
     unit0_before = snapshot(model.encoder[0])
@@ -232,7 +230,7 @@ def test_stack_growth_patience_decides_convergence(cache_dir, tmp_path):
 def test_stack_growth_names_missing_metric(cache_dir, tmp_path):
     dm = datamodule(cache_dir)
     model = StackedAutoencoder(dm.input_shape, num_units=2, **SMALL)
-    with pytest.raises(Exception, match="val/nope.*available"):
+    with pytest.raises(Exception, match=r"val/nope.*available"):
         trainer(tmp_path, [StackGrowth(monitor="val/nope")]).fit(model, dm)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from model_helpers import TINY_ARCH, TINY_SHAPE, TinyDataModule, tiny_trainer
 
+from convae_lightning.data import TimitDataModule
 from convae_lightning.models import (
     AutoencoderClassifier,
     ConvAutoencoder,
@@ -17,10 +18,25 @@ from convae_lightning.models import (
 from convae_lightning.nn import conv_transpose_weight
 
 
-# The lead switches these tests to the embedded corpus by adding its DataModule factory here.
-@pytest.fixture(params=["tiny"])
-def datamodule(request) -> TinyDataModule:
-    factories = {"tiny": lambda: TinyDataModule(input_shape=TINY_SHAPE)}
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedded_cache")
+
+
+# Every fit runs on synthetic tensors (fast, exact control) and on the embedded Festival corpus
+# through the real TimitDataModule (201 x T patches of real speech).
+@pytest.fixture(params=["tiny", "embedded"])
+def datamodule(request, embedded_cache):
+    factories = {
+        "tiny": lambda: TinyDataModule(input_shape=TINY_SHAPE),
+        "embedded": lambda: TimitDataModule(
+            cache_dir=str(embedded_cache),
+            train_per_class=1,
+            eval_per_class=1,
+            batch_size=16,
+            progress=False,
+        ),
+    }
     return factories[request.param]()
 
 

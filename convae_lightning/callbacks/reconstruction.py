@@ -72,8 +72,8 @@ class ReconstructionLogger(Callback):
             return
         if not hasattr(pl_module, "reconstruct"):
             raise TypeError(
-                f"ReconstructionLogger needs a module with reconstruct(); {type(pl_module).__name__}"
-                " has none. Use it with an autoencoder or remove the callback."
+                "ReconstructionLogger needs a module with reconstruct(); "
+                f"{type(pl_module).__name__} has none. Use an autoencoder or remove the callback."
             )
         self._log(trainer, pl_module)
 
@@ -159,9 +159,7 @@ def _write_wav(path: Path, wave: np.ndarray, sample_rate: int = 16000) -> None:
     sf.write(path, wave, sample_rate, subtype="PCM_16")
 
 
-def _log_wandb(
-    logger: WandbLogger, png: Path, audio: dict, labels: list[str], step: int
-) -> None:
+def _log_wandb(logger: WandbLogger, png: Path, audio: dict, labels: list[str], step: int) -> None:
     import wandb
 
     payload: dict[str, Any] = {"reconstructions/spectrograms": wandb.Image(str(png))}

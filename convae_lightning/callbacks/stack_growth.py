@@ -157,7 +157,9 @@ class StackGrowth(Callback):
             trainer.should_stop = True
             return
         module.grow()
-        log.info("StackGrowth: unit %d converged (%s); training %d units.", depth, reason, depth + 1)
+        log.info(
+            "StackGrowth: unit %d converged (%s); training %d units.", depth, reason, depth + 1
+        )
         self._reset_counters()
         if self.reset_optimizer:
             trainer.strategy.setup_optimizers(trainer)

@@ -26,7 +26,7 @@ EvalDistribution = Literal["balanced", "natural", "both"]
 
 
 def embedded_corpus_root() -> Path:
-    """The synthetic TIMIT-layout corpus shipped inside the package (``convae_lightning/corpus``)."""
+    """The synthetic TIMIT-layout corpus shipped in the package (``convae_lightning/corpus``)."""
     return Path(str(resources.files("convae_lightning") / "corpus"))
 
 
@@ -211,8 +211,6 @@ class TimitDataModule(pl.LightningDataModule):
                 log.warning("the %s split of %s holds no phones", split, self.root)
 
     def _loader(self, split: str, sampler: torch.utils.data.Sampler) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError("call setup() before requesting dataloaders")
         workers = self.hparams.num_workers
         on_gpu = torch.cuda.is_available() and self._trainer_on_gpu()
         if workers is None:
@@ -244,10 +242,16 @@ class TimitDataModule(pl.LightningDataModule):
             rank=world[1],
         )
 
+    def _require_setup(self) -> None:
+        if not self.datasets:
+            raise RuntimeError("call setup() before requesting dataloaders")
+
     def train_dataloader(self) -> DataLoader:
+        self._require_setup()
         return self._loader("train", self._resampler("train", self.hparams.train_per_class, 0))
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
+        self._require_setup()
         if len(self.datasets.get(split, ())) == 0:
             raise RuntimeError(
                 f"the {split} split is empty: the corpus at {self.root} has no speakers for it "

@@ -70,7 +70,7 @@ class FeatureConfig:
                 f"window_ms={self.window_ms} gives {self.win_length} samples; it must be in "
                 f"(0, n_fft={self.n_fft}]"
             )
-        if not 0 < self.hop_length:
+        if not self.hop_length > 0:
             raise ValueError(f"overlap_ms={self.overlap_ms} must be shorter than window_ms")
         if self.representation == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc={self.n_mfcc} cannot exceed n_mels={self.n_mels}")

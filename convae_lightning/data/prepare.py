@@ -15,6 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -29,6 +31,8 @@ from convae_lightning.data.features import FeatureConfig, PatchExtractor
 from convae_lightning.data.phones import CLASS_INDEX_48, MAP_61_TO_48, PHONES_48
 from convae_lightning.data.splits import SPLITS, SplitScheme, assign_splits
 from convae_lightning.data.timit import (
+    MISSING_PHN,
+    AudioInfo,
     CorpusError,
     OnError,
     Utterance,
@@ -120,14 +124,22 @@ class PaddingPlan:
 def corpus_key(
     utterances: Sequence[Utterance], root: Path, features: FeatureConfig, options: CorpusOptions
 ) -> str:
-    """Hash of the corpus file list (relative paths and sizes) and every preprocessing setting."""
+    """Hash of the corpus files and every preprocessing setting.
+
+    Audio files count by path, size and modification time (reading all audio would cost as much
+    as preprocessing); ``.PHN`` files, small, count by content, so relabelling invalidates.
+    """
     digest = hashlib.sha256()
     settings = {"version": CACHE_FORMAT_VERSION, "features": features.as_dict()}
     settings["options"] = asdict(options)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for u in utterances:
-        for path in (u.audio_path, u.phn_path):
-            digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
+        stat = u.audio_path.stat()
+        digest.update(
+            f"{u.audio_path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+        if u.phn_path is not None:
+            digest.update(f"{u.phn_path.relative_to(root)}\0".encode() + u.phn_path.read_bytes())
     return digest.hexdigest()[:20]
 
 
@@ -148,14 +160,28 @@ def index_corpus(
     if utterances is None:
         utterances = find_utterances(root, options.include_sa, options.on_error)
     skipped: list[str] = []
-    corpus_rate: int | None = None
-    indexed: dict[Utterance, IndexedUtterance] = {}
+    infos: dict[Utterance, AudioInfo] = {}
     for utterance in utterances:
         try:
-            info = audio_info(utterance.audio_path)
-            if corpus_rate is None:
-                corpus_rate = info.sample_rate
-            elif info.sample_rate != corpus_rate:
+            if utterance.phn_path is None:
+                raise CorpusError(utterance.audio_path, MISSING_PHN)
+            infos[utterance] = audio_info(utterance.audio_path)
+            if options.on_error == "skip":
+                # Only a full decode finds corrupt frames behind a valid header; when skipping,
+                # find them now so that the second pass never meets an unreadable file.
+                read_audio(utterance.audio_path)
+        except CorpusError as error:
+            if options.on_error == "raise":
+                raise
+            infos.pop(utterance, None)
+            skipped.append(str(error))
+    # The corpus rate is the most common one, so an odd file is blamed, not the corpus.
+    rates = Counter(info.sample_rate for info in infos.values())
+    corpus_rate = rates.most_common(1)[0][0] if rates else sample_rate
+    indexed: dict[Utterance, IndexedUtterance] = {}
+    for utterance, info in infos.items():
+        try:
+            if info.sample_rate != corpus_rate:
                 raise CorpusError(
                     utterance.audio_path,
                     f"sample rate {info.sample_rate} Hz differs from the corpus's {corpus_rate} Hz",
@@ -173,9 +199,7 @@ def index_corpus(
         labels = np.array([CLASS_INDEX_48[MAP_61_TO_48[p.label]] for p in kept], dtype=np.int64)
         indexed[utterance] = IndexedUtterance(utterance, info.sample_rate, starts, ends, labels)
     if skipped:
-        log.warning(
-            "skipped %d bad file(s) (on_error='skip'); first: %s", len(skipped), skipped[0]
-        )
+        log.warning("skipped %d bad file(s) (on_error='skip'); first: %s", len(skipped), skipped[0])
     if not indexed:
         raise CorpusError(root, "no valid utterances left after validation")
     split_utts = assign_splits(
@@ -185,7 +209,7 @@ def index_corpus(
         options.split_seed,
     )
     splits = {name: [indexed[u] for u in split_utts[name]] for name in SPLITS}
-    return CorpusIndex(root, splits, skipped, corpus_rate or sample_rate)
+    return CorpusIndex(root, splits, skipped, corpus_rate)
 
 
 def plan_padding(
@@ -340,6 +364,7 @@ def build_cache(
     if (final / "meta.json").is_file():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(cache_dir)
     index = index_corpus(root, options, features.sample_rate, utterances)
     plan = plan_padding(index, features, options)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=cache_dir))
@@ -421,6 +446,17 @@ def _write_features(
         },
         "class_names": list(PHONES_48),
     }
+
+
+#: A ``.partial`` build folder untouched for this long belongs to a killed run.
+STALE_PARTIAL_SECONDS = 6 * 3600
+
+
+def _remove_stale_partials(cache_dir: Path) -> None:
+    """Delete build folders left by killed runs (never trusted, but they take disk space)."""
+    for partial in cache_dir.glob(".*.partial"):
+        if time.time() - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def default_cache_dir() -> Path:

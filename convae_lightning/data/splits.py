@@ -52,9 +52,9 @@ def assign_splits(
         core = [u for u in test if u.speaker in CORE_TEST_SPEAKERS]
         if not dev or not core:
             raise ValueError(
-                "split_scheme='standard' needs TIMIT's 50 development and 24 core-test speakers in "
-                f"the TEST folder; this corpus has {len(dev)} development and {len(core)} core-test "
-                "utterances. Use split_scheme='thesis' for other corpora."
+                "split_scheme='standard' needs TIMIT's 50 development and 24 core-test speakers "
+                f"in the TEST folder; this corpus has {len(dev)} development and {len(core)} "
+                "core-test utterances. Use split_scheme='thesis' for other corpora."
             )
         return {"train": train, "val": dev, "test": core}
     if not 0.0 <= val_fraction < 1.0:

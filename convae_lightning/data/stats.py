@@ -91,7 +91,9 @@ def print_stats(stats: dict, console: Console | None = None) -> None:
         for split in splits:
             table.add_column(split, justify="right")
         for name in splits["train"][f"phones_per_class_{classes}"]:
-            table.add_row(name, *(str(splits[s][f"phones_per_class_{classes}"][name]) for s in splits))
+            table.add_row(
+                name, *(str(splits[s][f"phones_per_class_{classes}"][name]) for s in splits)
+            )
         console.print(table)
     for split in splits:
         missing = splits[split]["missing_classes_48"]

@@ -25,6 +25,7 @@ OnError = Literal["raise", "skip"]
 #: Audio file suffixes in order of preference when several copies of one sentence exist.
 _AUDIO_SUFFIXES = (".wav", ".wav.wav", ".flac")
 _DIALECT = re.compile(r"^dr\d+$", re.IGNORECASE)
+MISSING_PHN = "audio file has no .PHN phone-label file beside it"
 
 
 class CorpusError(ValueError):
@@ -46,7 +47,7 @@ class Utterance:
     speaker: str  # e.g. "FCJF0"
     sentence: str  # e.g. "SI1027"
     audio_path: Path
-    phn_path: Path
+    phn_path: Path | None  # None only for on_error="skip" listings: counted as skipped later
 
     @property
     def utterance_id(self) -> str:
@@ -90,7 +91,8 @@ def find_utterances(
     Raises:
         FileNotFoundError: if ``root`` does not exist.
         CorpusError: if the tree holds no utterance, or (``on_error="raise"``) an audio file has no
-            ``.PHN`` file beside it.
+            ``.PHN`` file beside it; with ``"skip"`` such an utterance is listed with
+            ``phn_path=None`` and left to the indexing step to count.
     """
     root = Path(root)
     if not root.is_dir():
@@ -120,10 +122,9 @@ def find_utterances(
         if sentence.startswith("SA") and not include_sa:
             continue
         phn_path = _sibling(audio_path, ".phn")
-        if phn_path is None:
-            if on_error == "raise":
-                raise CorpusError(audio_path, "audio file has no .PHN phone-label file beside it")
-            continue
+        if phn_path is None and on_error == "raise":
+            raise CorpusError(audio_path, MISSING_PHN)
+        # With on_error="skip" it is kept (phn_path None) so that indexing counts it as skipped.
         utterances.append(Utterance(split, dialect, speaker, sentence, audio_path, phn_path))
     if not utterances:
         raise CorpusError(
@@ -168,18 +169,24 @@ def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list
                 start, end = int(fields[0]), int(fields[1])
             except ValueError:
                 raise CorpusError(
-                    path, f"sample offsets must be integers, got {fields[0]!r} {fields[1]!r}", line_no
+                    path,
+                    f"sample offsets must be integers, got {fields[0]!r} {fields[1]!r}",
+                    line_no,
                 ) from None
             label = fields[2].lower()
             if start < 0 or end <= start:
                 raise CorpusError(path, f"segment end {end} must be after start {start}", line_no)
             if num_samples is not None and end > num_samples:
                 raise CorpusError(
-                    path, f"segment end {end} lies beyond the audio ({num_samples} samples)", line_no
+                    path,
+                    f"segment end {end} lies beyond the audio ({num_samples} samples)",
+                    line_no,
                 )
             if label not in MAP_61_TO_48:
                 raise CorpusError(
-                    path, f"unknown phone label {fields[2]!r} (not one of the 61 TIMIT labels)", line_no
+                    path,
+                    f"unknown phone label {fields[2]!r} (not one of the 61 TIMIT labels)",
+                    line_no,
                 )
             segments.append(PhoneSegment(start, end, label))
     if not segments:
@@ -247,6 +254,7 @@ def speakers(utterances: Iterable[Utterance]) -> list[str]:
 
 
 __all__ = [
+    "MISSING_PHN",
     "AudioInfo",
     "CorpusError",
     "OnError",
