@@ -117,3 +117,11 @@ def tiny_corpus(tmp_path, make_utterance) -> Path:
                 root, f"{split}/DR1/{speaker}/{sentence}", lengths, labels, seed=2 * s + k
             )
     return root
+
+
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same RNG state, whatever ran before it."""
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)

@@ -162,7 +162,7 @@ def test_layer_freezing_unfreezes_at_the_given_epoch(cache_dir, tmp_path):
     assert not torch.equal(seen[1], seen[0])  # trained in epoch 1
     params = {id(p) for g in fit_trainer.optimizers[0].param_groups for p in g["params"]}
     assert id(model.encoder[0].conv.weight) in params
-    assert freezing.state_dict() == {"frozen": []}
+    assert freezing.state_dict()["frozen"] == []
 
 
 @pytest.mark.parametrize(
@@ -351,3 +351,29 @@ def test_growth_and_freezing_under_ddp_with_two_cpu_processes(cache_dir, tmp_pat
         assert torch.equal(rank["state"]["encoder.0.conv.weight"], rank["unit0_at_growth"])
     for name, value in ranks[0]["state"].items():  # gradients stayed synchronised
         assert torch.allclose(value, ranks[1]["state"][name]), name
+
+
+def fit_with_freezing(cache_dir: Path, root: Path, max_epochs: int, ckpt_path: str | None = None):
+    pl.seed_everything(0)
+    dm = datamodule(cache_dir)
+    model = ConvAutoencoder(dm.input_shape, num_units=2, **SMALL)
+    name = "encoder.0.conv.weight"
+    freezing = LayerFreezing(freeze=[name, "decoder.1.*"], unfreeze_at_epoch={1: [name]})
+    checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0)
+    fit_trainer = trainer(
+        root, [freezing, checkpoint], max_epochs=max_epochs, enable_checkpointing=True
+    )
+    fit_trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return model, fit_trainer
+
+
+def test_layer_freezing_resumes_with_the_same_optimizer_groups(cache_dir, tmp_path):
+    full, full_trainer = fit_with_freezing(cache_dir, tmp_path / "full", max_epochs=3)
+    fit_with_freezing(cache_dir, tmp_path / "part", max_epochs=2)  # unfrozen in epoch 1
+    resumed, resumed_trainer = fit_with_freezing(
+        cache_dir, tmp_path / "part", 3, ckpt_path=str(tmp_path / "part/ckpt/last.ckpt")
+    )
+    groups = [len(g["params"]) for g in resumed_trainer.optimizers[0].param_groups]
+    assert groups == [len(g["params"]) for g in full_trainer.optimizers[0].param_groups]
+    for name, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name

@@ -54,6 +54,8 @@ class LayerFreezing(Callback):
             if bad:
                 raise ValueError(f"{name}: epochs must be >= 0, got {bad}")
         self.frozen: set[str] = set()
+        self.events: list[tuple[list[str], list[str]]] = []  # (frozen, thawed), in order
+        self.applied_epoch = -1
 
     @property
     def state_key(self) -> str:
@@ -105,7 +107,9 @@ class LayerFreezing(Callback):
             optimizer.add_param_group({"params": params, **({"lr": lr} if lr else {})})
 
     # ------------------------------------------------------------------------------- hooks
-    def _apply(self, trainer: pl.Trainer, module: nn.Module, freeze: list[str], thaw: list[str]):
+    def _apply(
+        self, trainer: pl.Trainer, module: nn.Module, freeze: list[str], thaw: list[str]
+    ) -> None:
         params = dict(module.named_parameters())
         for name in freeze:
             params[name].requires_grad_(False)
@@ -115,37 +119,42 @@ class LayerFreezing(Callback):
         self.frozen.difference_update(thaw)
         self.remove_from_optimizers(trainer, [params[n] for n in freeze])
         self.add_to_optimizers(trainer, [params[n] for n in thaw])
-
-    def _changes_at(self, module: nn.Module, epoch: int) -> tuple[list[str], list[str]]:
-        freeze = self.match(module, self.freeze_at_epoch.get(epoch, []))
-        thaw = self.match(module, self.unfreeze_at_epoch.get(epoch, []))
-        return freeze, thaw
+        if freeze or thaw:
+            self.events.append((freeze, thaw))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.frozen = set()
-        self._apply(trainer, pl_module, self.match(pl_module, self.freeze), [])
-        # Resuming: replay the schedule of the epochs already run, so the optimiser's groups
-        # match the checkpoint whose state Lightning loads next.
-        for epoch in range(trainer.current_epoch + 1):
-            if epoch < trainer.current_epoch or (epoch == trainer.current_epoch and epoch > 0):
-                self._apply(trainer, pl_module, *self._changes_at(pl_module, epoch))
-        self._applied_epoch = trainer.current_epoch if trainer.current_epoch > 0 else -1
+        # Resuming: Lightning restored this callback's state before the optimisers were built,
+        # and loads the optimiser state right after this hook. Replaying the recorded changes on
+        # the fresh optimiser rebuilds exactly the parameter groups that state was saved with.
+        events = self.events if self.events else [(self.match(pl_module, self.freeze), [])]
+        self.frozen, self.events = set(), []
+        for freeze, thaw in events:
+            self._apply(trainer, pl_module, list(freeze), list(thaw))
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if epoch != self._applied_epoch:
-            self._apply(trainer, pl_module, *self._changes_at(pl_module, epoch))
-            self._applied_epoch = epoch
+        if epoch <= self.applied_epoch:
+            return  # already applied before the checkpoint this run resumed from
+        freeze = self.match(pl_module, self.freeze_at_epoch.get(epoch, []))
+        thaw = self.match(pl_module, self.unfreeze_at_epoch.get(epoch, []))
+        self._apply(trainer, pl_module, freeze, thaw)
+        self.applied_epoch = epoch
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"frozen": sorted(self.frozen)}
+        return {
+            "frozen": sorted(self.frozen),
+            "events": [(list(f), list(t)) for f, t in self.events],
+            "applied_epoch": self.applied_epoch,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.frozen = set(state_dict.get("frozen", []))
+        self.events = [(list(f), list(t)) for f, t in state_dict.get("events", [])]
+        self.applied_epoch = state_dict.get("applied_epoch", -1)
 
 
 def _empty_group(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class ForwardClassifier(ConvaeModule):
         dropout: Probability of *dropping* a unit before the output layer. The thesis's "dropout
             rate 0.9" is read as keep probability 0.9 (drop 0.1): with drop 0.9 the network did
             not learn within a short synthetic run (docs/models.md,
-            ``python -m convae_lightning.models.dropout_study``).
+            ``python benchmarks/dropout_study.py``).
         frozen: Glob patterns of parameter names frozen from the start, e.g.
             ``["encoder.*.conv.bias"]`` (weights and biases separately) or ``["*"]``.
         optimizer: Optimiser factory (AdaGrad by default, as in the thesis).

@@ -5,7 +5,7 @@ The thesis's "dropout rate 0.9" (Figure 2) is ambiguous: drop probability 0.9 (M
 trains the Figure 2 network briefly on synthetic class-template data (no TIMIT needed) with both
 readings and prints train/held-out accuracy. Run::
 
-    python -m convae_lightning.models.dropout_study --epochs 8 --seeds 0 1
+    python benchmarks/dropout_study.py --epochs 8 --seeds 0 1
 
 Synthetic data cannot settle what works on TIMIT; rerun on real data (``convae fit`` with
 ``model.dropout``) when the corpus is available.
