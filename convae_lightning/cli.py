@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 
 from convae_lightning.data import TimitDataModule
+from convae_lightning.data.synth import FestivalNotFoundError
 from convae_lightning.data.timit import CorpusError
 from convae_lightning.loggers import OfflineWandbLogger
 from convae_lightning.models import ConvaeModule
@@ -30,7 +31,7 @@ DEFAULT_LOGGERS: list[dict[str, Any]] = [
 ]
 
 #: Errors that are the user's to fix: shown as one line (``CONVAE_DEBUG=1`` shows tracebacks).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CorpusError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CorpusError, FestivalNotFoundError)
 
 
 class ConvaeCLI(LightningCLI):

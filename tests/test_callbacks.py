@@ -292,7 +292,10 @@ def test_reconstruction_logger_writes_images_and_audio(cache_dir, tmp_path):
     assert len(wavs) == 9  # 3 patches x (input, reconstruction, switch only)
     media = list((tmp_path / "wandb_run").rglob("media/images/**/*.png"))
     audio = list((tmp_path / "wandb_run").rglob("media/audio/**/*.wav"))
-    assert media and len(audio) == 9
+    assert media
+    # W&B stores identical clips once (content-addressed): every kind is there, maybe fewer files.
+    kinds = {p.name.split("_0_")[0] for p in audio}
+    assert kinds == {"audio_input", "audio_reconstruction", "audio_switch_only"}
 
 
 def test_reconstruction_logger_needs_reconstruct(cache_dir, tmp_path):
