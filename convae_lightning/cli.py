@@ -17,6 +17,7 @@ from jsonargparse import CLI
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from convae_lightning.data import TimitDataModule
 from convae_lightning.data.synth import FestivalNotFoundError
@@ -31,7 +32,14 @@ DEFAULT_LOGGERS: list[dict[str, Any]] = [
 ]
 
 #: Errors that are the user's to fix: shown as one line (``CONVAE_DEBUG=1`` shows tracebacks).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CorpusError, FestivalNotFoundError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    CorpusError,
+    FestivalNotFoundError,
+    MisconfigurationException,
+)
 
 
 class ConvaeCLI(LightningCLI):
@@ -55,13 +63,20 @@ class ConvaeCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in ("input_shape", "num_classes"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-        # Always-on callbacks, configured under their own keys (`checkpoint.monitor: ...`).
+        # Always-on callbacks, configured under their own keys (`checkpoint.monitor: ...`): the
+        # best checkpoint by the monitored metric, and `last.ckpt` rewritten every epoch (in
+        # Lightning 2.6 `save_last` only follows the top-k saves, so it lags when the metric
+        # stops improving, e.g. right after a stacked autoencoder grows).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss_balanced",
-                "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
@@ -78,12 +93,48 @@ class ConvaeCLI(LightningCLI):
                 init_args["name"] = name
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer = super().instantiate_trainer(**kwargs)
-        csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
-        for logger in trainer.loggers:
-            if isinstance(logger, OfflineWandbLogger) and csv is not None:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except RuntimeError as error:  # Lightning's check for two callbacks sharing a state key
+            if "stateful callback" in str(error):
+                first_sentence = str(error).split(". ")[0]
+                raise ValueError(
+                    f"trainer.callbacks: {first_sentence} with the same settings (e.g. a preset "
+                    "that repeats a callback the config already has)"
+                ) from None
+            raise
+
+    def _prepare_run(self) -> None:
+        """Check callbacks against the model, then lay out the run directory.
+
+        Runs before anything is written: a callback that cannot work with the model fails here,
+        leaving no new run folder behind.
+        """
+        for callback in self.trainer.callbacks:
+            check = getattr(callback, "check_module", None)
+            if check is not None:
+                check(self.model)
+        if not self.trainer.is_global_zero:
+            return  # other DDP ranks log nothing; they must not create run folders either
+        csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
+        if csv is None:
+            return
+        csv.experiment  # creates runs/<name>/version_N before W&B writes into it  # noqa: B018
+        for logger in self.trainer.loggers:
+            if isinstance(logger, OfflineWandbLogger):
                 logger.set_save_dir(csv.log_dir)
-        return trainer
+
+    def before_fit(self) -> None:
+        self._prepare_run()
+
+    def before_validate(self) -> None:
+        self._prepare_run()
+
+    def before_test(self) -> None:
+        self._prepare_run()
+
+    def before_predict(self) -> None:
+        self._prepare_run()
 
 
 def _data_commands() -> dict[str, Callable]:
@@ -104,7 +155,8 @@ def data_main(argv: Sequence[str] | None = None) -> None:
 
 def lightning_main(argv: Sequence[str] | None = None) -> None:
     """``lightning {fit,validate,test,predict} --config conf/X.yaml``."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    # args=None lets LightningCLI read sys.argv itself (passing both makes it warn).
+    args = list(argv) if argv is not None else None
     _user_errors_as_messages(lambda: ConvaeCLI(args=args))
 
 
@@ -114,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] == "data":
         data_main(args[1:])
     else:
-        lightning_main(args)
+        lightning_main(argv)
 
 
 def _user_errors_as_messages(run: Callable[[], Any]) -> None:

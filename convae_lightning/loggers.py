@@ -40,15 +40,20 @@ class OfflineWandbLogger(WandbLogger):
         # jsonargparse fills every wandb.init keyword with None; None must not override our mode.
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         kwargs.setdefault("mode", "offline" if offline else "online")
-        os.makedirs(save_dir, exist_ok=True)
         super().__init__(save_dir=save_dir, project=project, name=name, offline=False, **kwargs)
         self.is_offline = offline
 
     def set_save_dir(self, save_dir: str) -> None:
         """Move the run's files (before the run starts)."""
-        os.makedirs(save_dir, exist_ok=True)
         self._save_dir = save_dir
         self._wandb_init["dir"] = save_dir
+
+    @property
+    @override
+    def experiment(self) -> Any:
+        if self._experiment is None and self._save_dir:
+            os.makedirs(self._save_dir, exist_ok=True)  # wandb falls back to /tmp otherwise
+        return super().experiment
 
     @override
     def finalize(self, status: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from convae_lightning.callbacks import (
     LayerFreezing,
@@ -303,7 +304,7 @@ def test_reconstruction_logger_needs_reconstruct(cache_dir, tmp_path):
 
     dm = datamodule(cache_dir)
     model = ForwardClassifier(dm.input_shape, conv_channels=(4, 4, 8, 16), fc_sizes=(16,))
-    with pytest.raises(TypeError, match="reconstruct"):
+    with pytest.raises(MisconfigurationException, match="reconstruct"):
         trainer(tmp_path, [ReconstructionLogger()]).fit(model, dm)
 
 
@@ -332,7 +333,10 @@ trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_par
                          LayerFreezing(freeze=["decoder.0.conv.bias"]), snap])
 trainer.fit(model, dm)
 torch.save({"state": model.state_dict(), "unit0_at_growth": snap.unit0,
-            "depth": model.num_active_units}, f"{out}/rank{trainer.global_rank}.pt")
+            "depth": model.num_active_units,
+            "per_rank": len(trainer.train_dataloader.sampler),
+            "draw": len(trainer.train_dataloader.sampler.draw())},
+           f"{out}/rank{trainer.global_rank}.pt")
 """
 
 
@@ -349,6 +353,8 @@ def test_growth_and_freezing_under_ddp_with_two_cpu_processes(cache_dir, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for rank in ranks:
+        # Each rank gets half of the epoch's draw: the resampler is not sharded a second time.
+        assert rank["per_rank"] == -(-rank["draw"] // 2)
         assert rank["depth"] == 2
         # strong stacking: unit 0 fixed once unit 1 was added, on every rank
         assert torch.equal(rank["state"]["encoder.0.conv.weight"], rank["unit0_at_growth"])

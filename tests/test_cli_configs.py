@@ -10,6 +10,7 @@ fresh working directory, with ``WANDB_MODE`` absent: the run must land in
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ CONF = REPO / "conf"
 PRESETS = REPO / "callbacks"
 BIN = Path(sys.executable).parent
 
-#: Every run config of conf/ (thesis_size.yaml is an overlay, not a run config).
+#: Every run config of conf/ (thesis_size*.yaml are overlays, not run configs).
 RUN_CONFIGS = (
     "forward",
     "regular_ae",
@@ -47,6 +48,15 @@ PRESET_NAMES = (
     "early_stopping",
 )
 
+#: The order of the presets in the real run: StackGrowth last, for the nested override after it.
+REAL_RUN_PRESETS = (
+    "tied_transpose_sync",
+    "layer_freezing",
+    "reconstruction_logger",
+    "early_stopping",
+    "stack_growth",
+)
+
 TINY = [
     "--trainer.max_epochs", "1",
     "--trainer.limit_train_batches", "2",
@@ -65,6 +75,15 @@ STACK_OVERRIDES = [
     " {class_path: convae_lightning.callbacks.TiedTransposeSync},"
     " {class_path: convae_lightning.callbacks.ReconstructionLogger,"
     "  init_args: {every_n_epochs: 1, num_examples: 2}}]",
+]  # fmt: skip
+
+
+#: The forward network on two CPU processes under DDP, one full epoch of small batches.
+DDP_ARGS = [
+    "fit", "--config", str(CONF / "forward.yaml"),
+    "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
+    "--data.train_per_class", "5", "--data.eval_per_class", "3", "--data.batch_size", "8",
 ]  # fmt: skip
 
 
@@ -136,7 +155,7 @@ def preset_args() -> list[str]:
         *TINY,
         "--trainer.max_epochs", "2",
     ]  # fmt: skip
-    for preset in PRESET_NAMES:
+    for preset in REAL_RUN_PRESETS:
         args.append(f"--trainer.callbacks+={PRESETS / preset}.yaml")
     # A nested key after `+=` sets the last appended callback (here StackGrowth's).
     return [*args, "--trainer.callbacks.init_args.max_epochs_per_unit", "1"]
@@ -158,6 +177,7 @@ def runs(tmp_path_factory, cli_cache) -> dict[str, Run]:
     }
     jobs["convae:forward"] = ("convae", fit_args("forward"), "forward")
     jobs["presets"] = ("lightning", preset_args(), "regular_ae")
+    jobs["ddp"] = ("lightning", DDP_ARGS, "forward")
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
             key: pool.submit(run_cli, command, args, base / key.replace(":", "_"), cli_cache, name)
@@ -292,6 +312,43 @@ def test_no_spurious_args_warning(runs):
     assert "not recommended to provide both args and command line arguments" not in run.stderr
 
 
+def test_no_warning_that_logs_will_be_deleted(runs):
+    """The W&B run must not be started in the run directory before the CSV logger claimed it:
+    Lightning then warns "Previous log files in this directory will be deleted"."""
+    run = runs["forward"]
+    assert run.returncode == 0, run.explain()
+    assert "will be deleted" not in run.stderr
+
+
+# ------------------------------------------------------------------------------------ DDP
+def test_ddp_run_covers_the_epoch_once(runs, cli_cache):
+    """Under DDP each rank must draw half of the epoch's stratified sample. The DataModule's
+    sampler already splits by rank; Lightning's default ``use_distributed_sampler=True`` wraps it
+    in a ``DistributedSamplerWrapper`` and splits it again, leaving a quarter per rank."""
+    import math
+
+    from convae_lightning.data import TimitDataModule
+
+    run = runs["ddp"]
+    assert run.returncode == 0, run.explain()
+    dm = TimitDataModule(cache_dir=str(cli_cache), train_per_class=5, eval_per_class=3,
+                         batch_size=8, progress=False)  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    drawn = len(list(iter(dm.train_dataloader().sampler)))
+    expected_steps = math.ceil(math.ceil(drawn / 2) / 8)
+    checkpoint = load_checkpoint(run.run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == expected_steps
+
+
+def test_ddp_run_writes_one_run_directory(runs):
+    """Rank 1 must not create a second, empty ``version_1`` next to rank 0's run."""
+    run = runs["ddp"]
+    assert run.returncode == 0, run.explain()
+    assert list(run.run_dir.glob("wandb/offline-run-*"))
+    assert sorted(p.name for p in (run.cwd / "runs" / "forward").iterdir()) == ["version_0"]
+
+
 # ------------------------------------------------------------------------------ --print_config
 def test_print_config_shows_presets_appended(tmp_path, cli_cache):
     args = ["fit", "--config", str(CONF / "weak_stack.yaml")]
@@ -317,7 +374,7 @@ def test_print_config_shows_presets_appended(tmp_path, cli_cache):
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_preset_is_one_callback(preset):
     """Each preset is a single ``class_path``/``init_args`` mapping that builds its callback."""
-    from jsonargparse import ArgumentParser, import_object
+    from jsonargparse import ArgumentParser
     from lightning.pytorch.callbacks import Callback
 
     path = PRESETS / f"{preset}.yaml"
@@ -325,9 +382,11 @@ def test_preset_is_one_callback(preset):
     assert isinstance(spec, dict)
     assert set(spec) <= {"class_path", "init_args"}
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--callback", type=Callback)
-    callback = parser.instantiate_classes(parser.parse_args(["--callback", str(path)])).callback
-    assert type(callback) is import_object(spec["class_path"])
+    parser.add_argument("--callback", type=Callback, enable_path=True)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    callback = instantiate(parser.parse_args(["--callback", str(path)])).callback
+    module, _, name = spec["class_path"].rpartition(".")
+    assert type(callback) is getattr(importlib.import_module(module), name)
     for key, value in (spec.get("init_args") or {}).items():
         assert getattr(callback, key) == value, key
 
@@ -348,6 +407,45 @@ def test_every_preset_composes_with_every_config(name, capsys):
     assert paths[len(own) :] == [
         yaml.safe_load((PRESETS / f"{p}.yaml").read_text())["class_path"] for p in PRESET_NAMES
     ]
+
+
+def print_config(capsys, *configs: str) -> dict:
+    """The resolved config of ``fit --config A --config B ... --print_config`` (in-process)."""
+    from convae_lightning.cli import ConvaeCLI
+
+    args = ["fit"]
+    for name in configs:
+        args += ["--config", str(CONF / f"{name}.yaml")]
+    with pytest.raises(SystemExit) as exit_info:
+        ConvaeCLI(args=[*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_thesis_size_overlay_sizes_the_data(name, capsys):
+    config = print_config(capsys, name, "thesis_size")
+    data = config["data"]
+    assert (data["train_per_class"], data["eval_per_class"], data["batch_size"]) == (500, 200, 100)
+    assert config["model"]["class_path"] == config_class_path(name)
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_thesis_size_overlay_allows_50_epochs_per_unit(name, capsys):
+    """thesis_size_stack.yaml restates the stacks' callbacks with up to 50 epochs per unit."""
+    config = print_config(capsys, name, "thesis_size_stack")
+    growth = next(cb for cb in config["trainer"]["callbacks"]
+                  if cb["class_path"].endswith("StackGrowth"))  # fmt: skip
+    cap = growth["init_args"]["max_epochs_per_unit"]
+    assert cap is None or cap >= 50, f"max_epochs_per_unit={cap}"
+    assert config["trainer"]["max_epochs"] >= 4 * 50
+
+
+@pytest.mark.parametrize("name", [n for n in RUN_CONFIGS if n not in STACKS])
+def test_thesis_size_overlay_caps_single_runs_at_50_epochs(name, capsys):
+    """The thesis (Appendix A, 5.1) capped training at the fiftieth epoch."""
+    config = print_config(capsys, name, "thesis_size")
+    assert config["trainer"]["max_epochs"] <= 50
 
 
 def test_presets_in_a_real_run(runs):
@@ -385,8 +483,8 @@ def test_two_runs_in_one_process_get_their_own_offline_wandb_run(tmp_path, monke
         monkeypatch.delenv(key)
     monkeypatch.setenv("CONVAE_CACHE_DIR", str(cli_cache))
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", str(CONF / "regular_ae.yaml"), *TINY,
-            "--progress_bar.refresh_rate", "0", "--trainer.enable_model_summary", "false"]  # fmt: skip
+    args = ["fit", "--config", str(CONF / "regular_ae.yaml"), *TINY]
+    args += ["--progress_bar.refresh_rate", "0", "--trainer.enable_model_summary", "false"]
 
     run_ids = []
     for version in (0, 1):

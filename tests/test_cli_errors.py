@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+PRESETS = REPO / "callbacks"
 BIN = Path(sys.executable).parent
 
 TINY = [
@@ -108,6 +109,16 @@ BAD = {
     "root_is_a_file": fit("regular_ae", "--data.root", "not_a_checkpoint.ckpt"),
     "missing_config": ["fit", "--config", "conf/nope.yaml"],
     "missing_preset": fit("regular_ae", "--trainer.callbacks+=callbacks/nope.yaml"),
+    # Callback presets on a model they do not fit (a mistake of the command, like the above).
+    "misfit:reconstruction_logger": fit(
+        "forward", f"--trainer.callbacks+={PRESETS / 'reconstruction_logger.yaml'}"
+    ),
+    "misfit:tied_transpose_sync": fit(
+        "forward", f"--trainer.callbacks+={PRESETS / 'tied_transpose_sync.yaml'}"
+    ),
+    "misfit:second_stack_growth": fit(
+        "weak_stack", f"--trainer.callbacks+={PRESETS / 'stack_growth.yaml'}"
+    ),
 }
 
 
@@ -156,11 +167,12 @@ def test_bad_input_fails_cleanly(failures, name):
 
 
 def error_lines(failure: Failure) -> list[str]:
-    """The lines of the message itself (jsonargparse also dumps the whole rejected value)."""
+    """The message: the lines from ``error:`` on, without jsonargparse's dump of the whole
+    rejected value (which repeats every argument)."""
+    lines = failure.stderr.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), len(lines))
     return [
-        line
-        for line in failure.stderr.splitlines()
-        if not line.lstrip().startswith(("Given value", "usage:", "["))
+        line for line in lines[start:] if not line.lstrip().startswith("Given value: Namespace(")
     ]
 
 
@@ -225,3 +237,15 @@ def test_missing_config_file(failures):
 
 def test_missing_preset_file(failures):
     assert names(failures["missing_preset"], "callbacks/nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("preset", "words"),
+    [
+        ("reconstruction_logger", ("ReconstructionLogger", "ForwardClassifier")),
+        ("tied_transpose_sync", ("TiedTransposeSync", "ForwardClassifier")),
+        ("second_stack_growth", ("StackGrowth",)),
+    ],
+)
+def test_callback_that_does_not_fit_the_model(failures, preset, words):
+    assert names(failures[f"misfit:{preset}"], *words)

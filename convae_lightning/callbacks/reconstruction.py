@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,24 @@ class ReconstructionLogger(Callback):
         x, y = dataset.__getitems__(indices)
         return x, [datamodule.class_names[int(c)] for c in y]
 
+    @staticmethod
+    def check_module(pl_module: pl.LightningModule) -> None:
+        """Fail early (the CLI calls this before creating a run folder) on a module without
+        ``reconstruct``."""
+        if not hasattr(pl_module, "reconstruct"):
+            raise MisconfigurationException(
+                "ReconstructionLogger needs a module with reconstruct(); "
+                f"{type(pl_module).__name__} has none. Use an autoencoder or remove the callback."
+            )
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.check_module(pl_module)
+
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        if not hasattr(pl_module, "reconstruct"):
-            raise TypeError(
-                "ReconstructionLogger needs a module with reconstruct(); "
-                f"{type(pl_module).__name__} has none. Use an autoencoder or remove the callback."
-            )
         self._log(trainer, pl_module)
 
     @rank_zero_only

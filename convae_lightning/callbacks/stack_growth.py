@@ -100,7 +100,8 @@ class StackGrowth(Callback):
 
     # ------------------------------------------------------------------------------ checks
     @staticmethod
-    def _module(pl_module: pl.LightningModule) -> Any:
+    def check_module(pl_module: pl.LightningModule) -> Any:
+        """The module as a stacked autoencoder, or a clear error (the CLI checks before a run)."""
         if not all(hasattr(pl_module, a) for a in ("grow", "num_active_units", "num_units")):
             raise MisconfigurationException(
                 f"StackGrowth needs a StackedAutoencoder (grow(), num_active_units, num_units); "
@@ -115,7 +116,7 @@ class StackGrowth(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._module(pl_module)
+        self.check_module(pl_module)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -128,7 +129,7 @@ class StackGrowth(Callback):
             self._check(trainer, pl_module)
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        module = self._module(pl_module)
+        module = self.check_module(pl_module)
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
             raise MisconfigurationException(

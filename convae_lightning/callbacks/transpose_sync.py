@@ -20,16 +20,25 @@ class TiedTransposeSync(Callback):
     """
 
     @staticmethod
-    def sync(pl_module: pl.LightningModule) -> None:
-        """Copy the transposes now."""
-        sync = getattr(pl_module, "sync_transposes", None)
-        if sync is None:
+    def check_module(pl_module: pl.LightningModule) -> None:
+        """Fail early (the CLI calls this before creating a run folder) on a module without
+        ``sync_transposes``."""
+        if not hasattr(pl_module, "sync_transposes"):
             raise MisconfigurationException(
                 f"TiedTransposeSync needs a module with sync_transposes(); "
                 f"{type(pl_module).__name__} has none. Use it with ConvAutoencoder or "
                 "StackedAutoencoder, or remove the callback."
             )
-        sync()
+
+    @classmethod
+    def sync(cls, pl_module: pl.LightningModule) -> None:
+        """Copy the transposes now."""
+        cls.check_module(pl_module)
+        pl_module.sync_transposes()
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.check_module(pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

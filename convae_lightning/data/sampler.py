@@ -8,12 +8,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 log = logging.getLogger(__name__)
 
 
-class StratifiedResampler(Sampler[int]):
+class StratifiedResampler(DistributedSampler):
     """Draws exactly ``per_class`` indices of every class each epoch, reshuffled per epoch.
 
     A class with at least ``per_class`` examples is subsampled without replacement. A smaller class
@@ -25,6 +25,9 @@ class StratifiedResampler(Sampler[int]):
     Under DDP each rank takes a disjoint, strided share of the epoch's draw. When the draw does not
     divide evenly, the first few indices are reused to pad every rank to the same length (as
     ``DistributedSampler`` does), so the exact per-class counts hold for single-process runs.
+    It *is* a ``DistributedSampler`` so that Lightning does not wrap it in a second one
+    (``use_distributed_sampler``), which would shard every rank's share again and stop
+    ``set_epoch`` from reaching it.
 
     Args:
         labels: class id of every example.
@@ -50,6 +53,7 @@ class StratifiedResampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
+        Sampler.__init__(self)  # DistributedSampler's own __init__ needs a dataset we don't use
         if per_class <= 0:
             raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
         labels = np.asarray(labels, dtype=np.int64)
@@ -80,6 +84,7 @@ class StratifiedResampler(Sampler[int]):
             )
         self.total_size = per_class * len(self.members)
         self.num_samples = math.ceil(self.total_size / num_replicas)
+        self.shuffle, self.drop_last = True, False  # DistributedSampler's attributes
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose draw :meth:`__iter__` yields."""

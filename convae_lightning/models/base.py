@@ -134,7 +134,10 @@ def read_checkpoint(
         raise FileNotFoundError(f"{arg_name}: checkpoint {str(path)!r} does not exist")
     # Our own Lightning checkpoints hold hyperparameters and loop state besides tensors, which
     # weights_only=True rejects; they are trusted local files written by this project.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # pickle, zip and torch errors alike: the file is not ours
+        raise ValueError(f"{arg_name}: {str(path)!r} is not a checkpoint ({error})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{arg_name}: {str(path)!r} is not a Lightning checkpoint")
     meta = checkpoint.get(CHECKPOINT_META_KEY) or {}
