@@ -30,6 +30,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from convae_lightning.data import TimitDataModule
 imported = time.perf_counter()
+imported_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 dm = TimitDataModule(root=sys.argv[1], cache_dir=sys.argv[2], progress=False)
 dm.prepare_data()
 dm.setup()
@@ -43,14 +44,9 @@ print(json.dumps({
     "kept": sum(dm.meta["kept"].values()),
     "input_shape": dm.meta["input_shape"],
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "imported_rss_mb": imported_rss,
     "checksum": checksum,
 }))
-"""
-
-BASELINE_RSS = """
-import resource
-import convae_lightning.data, torch, torchaudio, lightning  # noqa: F401
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
@@ -121,7 +117,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "corpus", Path(tmp) / "cache"
         gen_seconds = make_corpus(args.corpus, root, args.speakers, args.sentences, args.seed)
-        baseline_rss = float(run_child(BASELINE_RSS))
         cold = json.loads(run_child(CHILD, str(root), str(cache)))
         cached = json.loads(run_child(CHILD, str(root), str(cache)))
         shutil.rmtree(cache)
@@ -148,9 +143,9 @@ def main() -> None:
         "features_mb": round(feature_mb, 1),
         "peak_rss_cold_mb": round(cold["peak_rss_mb"], 1),
         "peak_rss_cached_mb": round(cached["peak_rss_mb"], 1),
-        "baseline_rss_imports_mb": round(baseline_rss, 1),
+        "rss_after_imports_mb": round(cold["imported_rss_mb"], 1),
         "cold_rss_above_imports_vs_features": round(
-            (cold["peak_rss_mb"] - baseline_rss) / feature_mb, 3
+            (cold["peak_rss_mb"] - cold["imported_rss_mb"]) / feature_mb, 3
         ),
         "torch_threads": torch.get_num_threads(),
     }
