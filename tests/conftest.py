@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -125,3 +126,19 @@ def seeded() -> None:
     import lightning.pytorch as pl
 
     pl.seed_everything(0, verbose=False)
+
+
+def cli_env(cache: Path) -> dict[str, str]:
+    """The caller's environment without any W&B setting, with a shared feature cache (CLI tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["CONVAE_CACHE_DIR"] = str(cache)
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture(scope="session")
+def cli_cache(tmp_path_factory) -> Path:
+    """One feature cache for every CLI test module (the embedded corpus is cached once)."""
+    path = tmp_path_factory.getbasetemp() / "convae_cli_cache"
+    path.mkdir(exist_ok=True)
+    return path

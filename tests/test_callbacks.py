@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from model_helpers import tiny_trainer
 
 from convae_lightning.callbacks import (
     LayerFreezing,
@@ -49,23 +50,9 @@ def datamodule(cache_dir: Path, seed: int = 0) -> TimitDataModule:
 
 
 def trainer(tmp_path: Path, callbacks: list[Callback], **overrides) -> pl.Trainer:
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 1,
-        "limit_train_batches": 3,
-        "limit_val_batches": 2,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": tmp_path,
-        "callbacks": callbacks,
-        "deterministic": True,
-    }
-    options.update(overrides)
-    return pl.Trainer(**options)
+    """model_helpers.tiny_trainer with a few more batches, callbacks and determinism."""
+    options = {"limit_train_batches": 3, "limit_val_batches": 2, "deterministic": True}
+    return tiny_trainer(tmp_path, callbacks=callbacks, **{**options, **overrides})
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -85,22 +86,6 @@ DDP_ARGS = [
     "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
     "--data.train_per_class", "5", "--data.eval_per_class", "3", "--data.batch_size", "8",
 ]  # fmt: skip
-
-
-def cli_env(cache: Path) -> dict[str, str]:
-    """The caller's environment without any W&B setting, with the shared feature cache."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["CONVAE_CACHE_DIR"] = str(cache)
-    env["COLUMNS"] = "200"
-    return env
-
-
-@pytest.fixture(scope="session")
-def cli_cache(tmp_path_factory) -> Path:
-    """One feature cache for every CLI test module (the embedded corpus is cached once)."""
-    path = tmp_path_factory.getbasetemp() / "convae_cli_cache"
-    path.mkdir(exist_ok=True)
-    return path
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -26,21 +27,6 @@ TINY = [
     "--data.train_per_class", "5",
     "--data.eval_per_class", "3",
 ]  # fmt: skip
-
-
-def cli_env(cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["CONVAE_CACHE_DIR"] = str(cache)
-    env["COLUMNS"] = "200"
-    return env
-
-
-@pytest.fixture(scope="session")
-def cli_cache(tmp_path_factory) -> Path:
-    """Shared with test_cli_configs.py: the embedded corpus's features are cached once."""
-    path = tmp_path_factory.getbasetemp() / "convae_cli_cache"
-    path.mkdir(exist_ok=True)
-    return path
 
 
 def lightning(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:

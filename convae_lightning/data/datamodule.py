@@ -11,6 +11,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from convae_lightning.data.features import FeatureConfig, Representation
@@ -227,7 +228,7 @@ class TimitDataModule(pl.LightningDataModule):
 
     def _trainer_on_gpu(self) -> bool:
         trainer = getattr(self, "trainer", None)
-        return trainer is not None and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
 
     def _resampler(self, split: str, per_class: int, seed_offset: int) -> StratifiedResampler:
         trainer = getattr(self, "trainer", None)
