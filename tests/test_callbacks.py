@@ -307,6 +307,7 @@ pl.seed_everything(0)
 dm = TimitDataModule(cache_dir=sys.argv[2], train_per_class=2, eval_per_class=1, batch_size=16,
                      eval_distribution="balanced", progress=False)
 model = StackedAutoencoder(dm.input_shape, num_units=2, mode="strong", conv_channels=(4, 4, 8, 16))
+frozen_bias = model.decoder[0].conv.bias.detach().clone()
 class Snap(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 1:
@@ -320,7 +321,7 @@ trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_par
                          LayerFreezing(freeze=["decoder.0.conv.bias"]), snap])
 trainer.fit(model, dm)
 torch.save({"state": model.state_dict(), "unit0_at_growth": snap.unit0,
-            "depth": model.num_active_units,
+            "depth": model.num_active_units, "frozen_bias": frozen_bias,
             "per_rank": len(trainer.train_dataloader.sampler),
             "draw": len(trainer.train_dataloader.sampler.draw())},
            f"{out}/rank{trainer.global_rank}.pt")
@@ -343,6 +344,7 @@ def test_growth_and_freezing_under_ddp_with_two_cpu_processes(cache_dir, tmp_pat
         # Each rank gets half of the epoch's draw: the resampler is not sharded a second time.
         assert rank["per_rank"] == -(-rank["draw"] // 2)
         assert rank["depth"] == 2
+        assert torch.equal(rank["state"]["decoder.0.conv.bias"], rank["frozen_bias"])
         # strong stacking: unit 0 fixed once unit 1 was added, on every rank
         assert torch.equal(rank["state"]["encoder.0.conv.weight"], rank["unit0_at_growth"])
     for name, value in ranks[0]["state"].items():  # gradients stayed synchronised
@@ -373,3 +375,21 @@ def test_layer_freezing_resumes_with_the_same_optimizer_groups(cache_dir, tmp_pa
     assert groups == [len(g["params"]) for g in full_trainer.optimizers[0].param_groups]
     for name, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_reconstruction_logger_sends_images_and_audio_to_tensorboard(cache_dir, tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dm = datamodule(cache_dir)
+    model = ConvAutoencoder(dm.input_shape, num_units=2, **SMALL)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    callback = ReconstructionLogger(every_n_epochs=1, num_examples=2)
+    trainer(tmp_path, [callback], logger=logger).fit(model, dm)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "audio": 0}).Reload()
+    assert events.Tags()["images"] == ["reconstructions/spectrograms"]
+    assert sorted(events.Tags()["audio"]) == [
+        f"reconstructions/audio_{kind}_{i}"
+        for kind in ("input", "reconstruction", "switch_only")
+        for i in range(2)
+    ]
