@@ -128,6 +128,16 @@ def seeded() -> None:
     pl.seed_everything(0, verbose=False)
 
 
+#: Overrides that make any run config a seconds-long CLI run (CLI tests).
+TINY = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2",
+    "--trainer.limit_val_batches", "2",
+    "--data.train_per_class", "5",
+    "--data.eval_per_class", "3",
+]  # fmt: skip
+
+
 def cli_env(cache: Path) -> dict[str, str]:
     """The caller's environment without any W&B setting, with a shared feature cache (CLI tests)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

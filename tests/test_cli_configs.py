@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import cli_env
+from conftest import TINY, cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -57,14 +57,6 @@ REAL_RUN_PRESETS = (
     "early_stopping",
     "stack_growth",
 )
-
-TINY = [
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "2",
-    "--data.train_per_class", "5",
-    "--data.eval_per_class", "3",
-]  # fmt: skip
 
 #: Stacked configs: two epochs, one unit per epoch, so the stack grows during the run (the
 #: command-line list replaces the config's callbacks; same-class entries keep their other

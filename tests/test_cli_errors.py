@@ -13,20 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import TINY, cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PRESETS = REPO / "callbacks"
 BIN = Path(sys.executable).parent
-
-TINY = [
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "2",
-    "--data.train_per_class", "5",
-    "--data.eval_per_class", "3",
-]  # fmt: skip
 
 
 def lightning(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
