@@ -58,15 +58,6 @@ class ReconstructionLogger(Callback):
         self.audio = audio
         self.seed = seed
 
-    def _examples(self, trainer: pl.Trainer) -> tuple[torch.Tensor, list[str]]:
-        datamodule = trainer.datamodule
-        dataset = datamodule.datasets["val"] if len(datamodule.datasets["val"]) else None
-        dataset = dataset or datamodule.datasets["train"]
-        rng = np.random.default_rng(self.seed)
-        indices = sorted(rng.permutation(len(dataset))[: self.num_examples].tolist())
-        x, y = dataset.__getitems__(indices)
-        return x, [datamodule.class_names[int(c)] for c in y]
-
     @staticmethod
     def check_module(pl_module: pl.LightningModule) -> None:
         """Fail early (the CLI calls this before creating a run folder) on a module without
@@ -89,7 +80,7 @@ class ReconstructionLogger(Callback):
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        x, labels = self._examples(trainer)
+        x, labels = trainer.datamodule.example_batch(self.num_examples, seed=self.seed)
         x = x.to(pl_module.device)
         rows = {"input": x, "reconstruction": pl_module.reconstruct(x)}
         if self.switch_only and _has_switches(pl_module):

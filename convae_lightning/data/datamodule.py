@@ -20,6 +20,7 @@ from convae_lightning.data.prepare import CorpusOptions, build_cache, default_ca
 from convae_lightning.data.sampler import StratifiedResampler
 from convae_lightning.data.splits import SplitScheme
 from convae_lightning.data.timit import OnError
+from convae_lightning.runs import EVAL_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class TimitDataModule(pl.LightningDataModule):
             on_error=on_error,
         )
         self.eval_views: list[str] = (
-            ["balanced", "natural"] if eval_distribution == "both" else [eval_distribution]
+            list(EVAL_VIEWS) if eval_distribution == "both" else [eval_distribution]
         )
         self.cache_path: Path | None = None
         self.meta: dict = {}
@@ -210,6 +211,31 @@ class TimitDataModule(pl.LightningDataModule):
         for split, dataset in self.datasets.items():
             if len(dataset) == 0 and split != "val":
                 log.warning("the %s split of %s holds no phones", split, self.root)
+
+    # ------------------------------------------------------------ what callbacks may use
+    # After ``setup``: ``features`` (the FeatureConfig that made the patches), ``mean_spectrogram``
+    # (the training mean subtracted from every patch), ``class_names``, ``eval_views``,
+    # :attr:`sample_rate` and :meth:`example_batch`. Callbacks use these, never ``datasets``.
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate of the audio behind every patch (the corpus is resampled to it first)."""
+        return self.features.sample_rate
+
+    def example_batch(
+        self, num_examples: int, split: str = "val", seed: int = 0
+    ) -> tuple[torch.Tensor, list[str]]:
+        """The same ``num_examples`` patches ``(N, C, F, T)`` of a split every time, and their
+        class names: the first of a seeded permutation, in dataset order. Falls back to the
+        training split when ``split`` is empty (a corpus too small for validation speakers).
+        """
+        self._require_setup()
+        dataset = self.datasets[split] if len(self.datasets.get(split, ())) else None
+        dataset = dataset or self.datasets["train"]
+        rng = np.random.default_rng(seed)
+        indices = sorted(rng.permutation(len(dataset))[:num_examples].tolist())
+        x, y = dataset.__getitems__(indices)
+        return x, [self.class_names[int(c)] for c in y]
 
     def _loader(self, split: str, sampler: torch.utils.data.Sampler) -> DataLoader:
         workers = self.hparams.num_workers

@@ -15,10 +15,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
+from convae_lightning.runs import EVAL_VIEWS
+
 __all__ = ["CHECKPOINT_META_KEY", "DEFAULT_EVAL_VIEWS", "ConvaeModule", "read_checkpoint"]
 
 #: View names when the datamodule does not say (``eval_views``): loader 0, loader 1.
-DEFAULT_EVAL_VIEWS: tuple[str, ...] = ("balanced", "natural")
+DEFAULT_EVAL_VIEWS: tuple[str, ...] = EVAL_VIEWS
 #: Key under which models describe themselves in their checkpoints.
 CHECKPOINT_META_KEY = "convae"
 
