@@ -222,6 +222,13 @@ class TimitDataModule(pl.LightningDataModule):
         """Sample rate of the audio behind every patch (the corpus is resampled to it first)."""
         return self.features.sample_rate
 
+    @property
+    def segment_length(self) -> int:
+        """Samples in one (padded) phone segment: what one patch covers."""
+        if not self.meta:
+            self._load_meta()
+        return int(self.meta["segment_length"])
+
     def example_batch(
         self, num_examples: int, split: str = "val", seed: int = 0
     ) -> tuple[torch.Tensor, list[str]]:

@@ -170,6 +170,30 @@ class PatchExtractor(torch.nn.Module):
         return patch.contiguous()
 
 
+def audio_to_patches(
+    audio: np.ndarray | torch.Tensor,
+    config: FeatureConfig,
+    segment_length: int,
+    mean: np.ndarray | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Patches ``(N, C, F, T)`` of any waveform, cut into consecutive phone-length segments.
+
+    Used where there are no phone labels (``convae predict``/``reconstruct`` on an audio file):
+    the waveform, already at ``config.sample_rate``, is split into ``segment_length``-sample
+    segments (the cache's padded phone length; the last one zero-padded), each turned into a
+    patch as the cache builder does, and ``mean`` (the training mean) is subtracted.
+    """
+    wave = torch.as_tensor(np.asarray(audio, dtype=np.float32)).flatten()
+    if wave.numel() == 0:
+        raise ValueError("audio holds no samples")
+    count = math.ceil(wave.numel() / segment_length)
+    segments = F.pad(wave, (0, count * segment_length - wave.numel())).reshape(count, -1)
+    patches = PatchExtractor(config)(segments)
+    if mean is not None:
+        patches = patches - torch.as_tensor(np.asarray(mean), dtype=patches.dtype)
+    return patches
+
+
 def overlap_add(frames: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
     """Weighted overlap-add of windowed time frames ``(T, win_length)`` back to a waveform."""
     window = torch.hamming_window(config.win_length, periodic=False, dtype=frames.dtype)
@@ -250,6 +274,7 @@ __all__ = [
     "FeatureConfig",
     "PatchExtractor",
     "Representation",
+    "audio_to_patches",
     "overlap_add",
     "patch_to_audio",
 ]
