@@ -139,16 +139,26 @@ class ConvaeCLI(LightningCLI):
 
 def _data_commands() -> dict[str, Callable]:
     from convae_lightning.data import commands
+    from convae_lightning.data.stft_quality_command import stft_quality
     from convae_lightning.data.synth import synth_command
 
-    return {"stats": commands.stats, "prepare": commands.prepare, "synth": synth_command}
+    return {
+        "stats": commands.stats,
+        "prepare": commands.prepare,
+        "synth": synth_command,
+        "stft-quality": stft_quality,
+    }
+
+
+#: ``convae data`` commands whose first argument may be the corpus ROOT.
+_ROOT_FIRST = ("stats", "prepare", "stft-quality")
 
 
 def data_main(argv: Sequence[str] | None = None) -> None:
     """``convae data {stats,prepare,synth}``; ``stats``/``prepare`` take ROOT positionally too."""
     args = list(sys.argv[1:] if argv is None else argv)
     # jsonargparse has no optional positionals: `convae data stats ROOT` means `--root ROOT`.
-    if len(args) >= 2 and args[0] in ("stats", "prepare") and not args[1].startswith("-"):
+    if len(args) >= 2 and args[0] in _ROOT_FIRST and not args[1].startswith("-"):
         args[1:2] = ["--root", args[1]]
     _user_errors_as_messages(lambda: CLI(_data_commands(), args=args, prog="convae data"))
 

@@ -293,39 +293,62 @@ def griffin_lim(
 
 
 def least_squares_inverse(
-    analyse: Callable[[torch.Tensor], torch.Tensor], length: int
+    analyse_frame: Callable[[torch.Tensor], torch.Tensor],
+    win_length: int,
+    hop_length: int,
+    num_frames: int,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The minimum-norm least-squares inverse of a linear map from ``length`` samples to patches.
+    """The minimum-norm least-squares inverse of a linear frame-by-frame analysis.
+
+    ``analyse_frame`` maps ``(B, win_length)`` float64 samples (one frame, window included in
+    the map) to that frame's patch column ``(B, D, 1)``; the returned function maps patches
+    ``(N, D, num_frames)`` back to ``(N, win_length + hop_length (num_frames - 1))`` samples.
 
     Used for the real part of the STFT, which the plain inverse STFT reads as a spectrum with
     zero imaginary part: each frame then comes back folded onto its own time-reverse. The real
     part still determines every sample that a neighbouring frame sees unfolded (with the window
     at the frame start and 201 bins, all but the last frame's second half), and solving the
-    normal equations recovers them. ``analyse`` maps ``(B, length)`` float64 to ``(B, ...)``.
+    normal equations ``A^T A x = A^T p`` recovers them. ``A^T A`` is a sum of one ``(win, win)``
+    block per frame, so it costs one frame's analysis to build.
     """
-    # (length, D): the patch of every unit impulse, i.e. the transposed matrix A^T of the map.
-    basis = analyse(torch.eye(length, dtype=torch.float64)).reshape(length, -1)
-    gram = basis @ basis.T  # A^T A, (length, length)
+    frame_map = analyse_frame(torch.eye(win_length, dtype=torch.float64))
+    frame_map = frame_map.reshape(win_length, -1).T  # (D, win): one frame's matrix
+    block = frame_map.T @ frame_map
+    length = win_length + hop_length * (num_frames - 1)
+    gram = torch.zeros(length, length, dtype=torch.float64)  # A^T A
+    for t in range(num_frames):
+        span = slice(t * hop_length, t * hop_length + win_length)
+        gram[span, span] += block
     # A tiny ridge keeps the solve defined where the map loses information (the folded half of
     # the last frame): there it returns the minimum-norm split instead of noise.
-    ridge = 1e-10 * gram.diagonal().mean()
-    factor = torch.linalg.cholesky(gram + ridge * torch.eye(length, dtype=torch.float64))
+    gram.diagonal().add_(1e-10 * block.diagonal().mean())
+    factor = torch.linalg.cholesky(gram)
 
     def invert(patches: torch.Tensor) -> torch.Tensor:
-        """``(N, ...)`` patches (or one) -> ``(N, length)`` waveforms."""
-        rhs = patches.reshape(-1, basis.shape[1]).to(torch.float64) @ basis.T  # (N, length)
+        """``(N, ..., T)`` patches -> ``(N, L)`` waveforms."""
+        columns = patches.reshape(len(patches), -1, num_frames).to(torch.float64)
+        frames = columns.transpose(1, 2) @ frame_map  # (N, T, win): A_t^T p_t
+        rhs = F.fold(  # overlap-add of the frames: A^T p, (N, L)
+            frames.transpose(1, 2),
+            output_size=(1, length),
+            kernel_size=(1, win_length),
+            stride=(1, hop_length),
+        ).flatten(1)
         return torch.cholesky_solve(rhs.T, factor).T
 
     return invert
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)
 def _real_part_inverse(config: FeatureConfig, num_frames: int) -> Callable:
     """:func:`least_squares_inverse` of the real-part patch map, built once per framing."""
     extractor = PatchExtractor(replace(config, representation="real", deltas=0))
     extractor = extractor.to(torch.float64)
     return least_squares_inverse(
-        lambda x: extractor.stft(x).real, config.segment_length(num_frames)
+        lambda frame: extractor.stft(frame).real,
+        config.win_length,
+        config.hop_length,
+        num_frames,
     )
 
 
@@ -361,7 +384,7 @@ def patch_to_audio(
         raise ValueError(f"patch has {patch.shape[-2]} frequency bins, config expects {bins}")
     num_frames = patch.shape[-1]
     if rep == "real":
-        return _real_part_inverse(config, num_frames)(patch[0])[0]
+        return _real_part_inverse(config, num_frames)(patch[:1])[0]
     if rep == "real_imag":
         return istft(torch.complex(patch[0], patch[1]), config)
     if rep == "magnitude_phase":
