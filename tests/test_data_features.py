@@ -1,4 +1,4 @@
-"""Spectrogram patches: framing arithmetic, representations, deltas, inversion (thesis 2.2-2.3)."""
+"""Spectrogram patches: framing, window position, representations, inversion (thesis 2.2-2.3)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from convae_lightning.data.features import (
     FeatureConfig,
     PatchExtractor,
+    audio_to_patches,
     istft,
     patch_to_audio,
 )
@@ -108,6 +109,17 @@ def test_prepadded_rows_give_the_same_patches(position):
     x = torch.stack([segment(seed=s) for s in range(3)])
     padded = F.pad(x, (extractor.side_pad, extractor.side_pad))
     torch.testing.assert_close(extractor(padded, prepadded=True), extractor(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("position", ["start", "center"])
+def test_audio_to_patches_cuts_unlabelled_audio_into_segments(position):
+    config = FeatureConfig(window_position=position)
+    wave = torch.cat([segment(seed=0), segment(1000, seed=1)])  # 1.4 segments of 2552
+    mean = torch.full((1, 201, 16), 0.5)
+    patches = audio_to_patches(wave.numpy(), config, 2552, mean.numpy())
+    assert patches.shape == (2, 1, 201, 16)
+    rows = torch.stack([segment(seed=0), F.pad(segment(1000, seed=1), (0, 1552))])
+    torch.testing.assert_close(patches, PatchExtractor(config)(rows) - mean)
 
 
 def test_window_position_is_part_of_the_cache_key(toy_corpus):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import track
 from rich.table import Table
 
 from convae_lightning.data.datamodule import embedded_corpus_root
@@ -90,15 +90,14 @@ def _batches(
     length: int,
     batch_size: int,
     max_segments: int | None,
-    progress: Progress,
+    progress: bool,
     counts: dict[str, int],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of ``batch_size`` padded segments and their phone masks, up to ``max_segments``."""
-    task = progress.add_task("stft-quality", total=len(utterances))
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
     held = 0
     limit = max_segments if max_segments is not None else math.inf
-    for utterance in utterances:
+    for utterance in track(utterances, "stft-quality (utterances)", disable=not progress):
         segments, masks, too_long = phone_segments(utterance, config, length)
         counts["too_long"] += too_long
         take = int(min(len(segments), limit - counts["segments"] - held))
@@ -109,7 +108,6 @@ def _batches(
             yield audio[:batch_size], mask[:batch_size]
             pending, held = [(audio[batch_size:], mask[batch_size:])], held - batch_size
             counts["segments"] += batch_size
-        progress.advance(task)
         if counts["segments"] + held >= limit:
             break
     if held:
@@ -170,11 +168,10 @@ def stft_quality(
     length = config.segment_length(num_frames)
     counts = {"segments": 0, "too_long": 0}
     console = Console()
-    with _progress(console, progress) as bar:
-        for audio, mask in _batches(
-            utterances, config, length, batch_size, max_segments, bar, counts
-        ):
-            evaluate(table, audio, mask, config, griffin_lim_iters)
+    for audio, mask in _batches(
+        utterances, config, length, batch_size, max_segments, progress, counts
+    ):
+        evaluate(table, audio, mask, config, griffin_lim_iters)
     if not table.segments:
         raise ValueError(
             f"{corpus}: no phone of at most {length} samples ({num_frames} frames) found; "
@@ -216,18 +213,6 @@ def _check_options(
         if count < 2:
             raise ValueError(f"bins must be at least 2 each, got {count!r}")
         Framing(config, n_fft_for(count))  # rejects FFTs shorter than the hop
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("utterances"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )
 
 
 def _thesis(row: str, bins: int) -> str:
