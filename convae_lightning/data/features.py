@@ -139,9 +139,8 @@ def framed_window(
     ``n_fft`` (cut at the frame's end if longer, as MATLAB's ``fft(x, n)`` truncates ``x``)."""
     frame = torch.zeros(n_fft, dtype=dtype)
     kept = min(win_length, n_fft - offset)
-    frame[offset : offset + kept] = torch.hamming_window(win_length, periodic=False, dtype=dtype)[
-        :kept
-    ]
+    hamming = torch.hamming_window(win_length, periodic=False, dtype=dtype)
+    frame[offset : offset + kept] = hamming[:kept]
     return frame
 
 
@@ -281,7 +280,7 @@ def griffin_lim(
 
     ``torchaudio.functional.griffinlim`` cannot run our framing: it hard-codes ``center=True``
     (reflect-padded frames centred on ``hop * t``), so the first half frame of a segment would be
-    lost; the loop is four lines around our own ``analyse``/``synthesise`` instead.
+    lost; the loop runs our own ``analyse``/``synthesise`` instead.
     """
     generator = torch.Generator().manual_seed(seed)
     phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * 2 * math.pi
