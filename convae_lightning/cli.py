@@ -155,7 +155,7 @@ _ROOT_FIRST = ("stats", "prepare", "stft-quality")
 
 
 def data_main(argv: Sequence[str] | None = None) -> None:
-    """``convae data {stats,prepare,synth}``; ``stats``/``prepare`` take ROOT positionally too."""
+    """``convae data {stats,prepare,synth,stft-quality}``; all but ``synth`` take ROOT first."""
     args = list(sys.argv[1:] if argv is None else argv)
     # jsonargparse has no optional positionals: `convae data stats ROOT` means `--root ROOT`.
     if len(args) >= 2 and args[0] in _ROOT_FIRST and not args[1].startswith("-"):
