@@ -365,7 +365,7 @@ def test_reconstruction_logger_writes_images_and_audio(cache_dir, tmp_path):
     out = Path(csv.log_dir) / "reconstructions"
     assert (out / "epoch=0.png").stat().st_size > 1000
     wavs = sorted(out.glob("*.wav"))
-    assert len(wavs) == 9  # 3 patches x (input, reconstruction, switch only)
+    assert len(wavs) == 9  # 3 patches x (input, reconstruction, code zeroed)
     assert {sf.info(p).samplerate for p in wavs} == {8000}
     assert sf.info(wavs[0]).frames == dm.segment_length
     media = list((tmp_path / "wandb_run").rglob("media/images/**/*.png"))
@@ -373,7 +373,7 @@ def test_reconstruction_logger_writes_images_and_audio(cache_dir, tmp_path):
     assert media
     # W&B stores identical clips once (content-addressed): every kind is there, maybe fewer files.
     kinds = {p.name.split("_0_")[0] for p in audio}
-    assert kinds == {"audio_input", "audio_reconstruction", "audio_switch_only"}
+    assert kinds == {"audio_input", "audio_reconstruction", "audio_code_zeroed"}
     assert {sf.info(p).samplerate for p in audio} == {8000}
 
 
@@ -500,7 +500,7 @@ def test_reconstruction_logger_sends_images_and_audio_to_tensorboard(cache_dir, 
     assert events.Tags()["images"] == ["reconstructions/spectrograms"]
     assert sorted(events.Tags()["audio"]) == [
         f"reconstructions/audio_{kind}_{i}"
-        for kind in ("input", "reconstruction", "switch_only")
+        for kind in ("input", "reconstruction", "code_zeroed")
         for i in range(2)
     ]
     assert {e.sample_rate for t in events.Tags()["audio"] for e in events.Audio(t)} == {8000}

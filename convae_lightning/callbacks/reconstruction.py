@@ -28,8 +28,9 @@ __all__ = [
 class ReconstructionLogger(Callback):
     """Every ``every_n_epochs`` epochs, reconstructs ``num_examples`` fixed validation patches.
 
-    For each patch it logs a spectrogram image with rows input / reconstruction / switch-only
-    reconstruction (``zero_code=True``, thesis 4.2.2's "chirp" leakage; when ``switch_only``) and
+    For each patch it logs a spectrogram image with rows input / reconstruction / code zeroed
+    (decoded from the switches alone, thesis 4.2.2's "chirp" leakage; when ``switch_only`` and
+    the module unpools by switches) and
     the audio of each (inverse STFT of the patch with the training mean added back, at the
     datamodule's ``sample_rate``). Images and audio go to W&B (``wandb.Image``/``wandb.Audio``)
     or TensorBoard when such a logger is active, and always to
@@ -92,7 +93,8 @@ class ReconstructionLogger(Callback):
 
         datamodule = trainer.datamodule
         x, labels = datamodule.example_batch(self.num_examples, seed=self.seed)
-        rows = reconstruction_rows(pl_module, x, self.switch_only)
+        zero_code = self.switch_only and getattr(pl_module, "uses_switches", False)
+        rows = reconstruction_rows(pl_module, x, zero_code)
         epoch = trainer.current_epoch
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,26 +117,26 @@ class ReconstructionLogger(Callback):
 
 
 def reconstruction_rows(
-    pl_module: Any, x: torch.Tensor, switch_only: bool = True
+    pl_module: Any, x: torch.Tensor, zero_code: bool
 ) -> dict[str, torch.Tensor]:
-    """``{"input", "reconstruction"[, "switch only"]}`` patches ``(N, C, F, T)`` on the CPU.
+    """``{"input", "reconstruction"[, "code zeroed"]}`` patches ``(N, C, F, T)`` on the CPU.
 
-    The switch-only row (the code zeroed, the switches kept: Figure 3's "mangled" output) is
-    added when asked for and the module unpools by switches (a zeroed code decodes to nothing
-    otherwise).
+    ``code zeroed`` decodes a zeroed code with the switches kept: Figure 3's "mangled" output
+    (with blind upsampling it shows what the decoder makes of nothing).
     """
     x = x.to(pl_module.device)
     rows = {"input": x, "reconstruction": pl_module.reconstruct(x)}
-    if switch_only and getattr(pl_module, "uses_switches", False):
-        rows["switch only"] = pl_module.reconstruct(x, zero_code=True)
+    if zero_code:
+        rows["code zeroed"] = pl_module.reconstruct(x, zero_code=True)
     return {k: v.detach().float().cpu() for k, v in rows.items()}
 
 
 def rows_to_audio(
-    rows: dict[str, torch.Tensor], config: Any, mean: np.ndarray | None
+    rows: dict[str, torch.Tensor], config: Any, mean: np.ndarray | None, normalise: bool = True
 ) -> dict[str, list[np.ndarray]]:
-    """The audio of every patch (training mean added back), peak-normalised to 0.9; empty for
-    representations that cannot be inverted (``log_mel``, ``mfcc``)."""
+    """The audio of every patch (training mean added back), each peak-normalised to 0.9 unless
+    ``normalise`` is off; empty for representations that cannot be inverted (``log_mel``,
+    ``mfcc``)."""
     from convae_lightning.data.features import patch_to_audio
 
     if config.representation in ("log_mel", "mfcc"):
@@ -142,7 +144,9 @@ def rows_to_audio(
     out: dict[str, list[np.ndarray]] = {}
     for name, patches in rows.items():
         waves = [patch_to_audio(p, mean, config).float().numpy() for p in patches]
-        out[name] = [w / max(1e-6, float(np.abs(w).max())) * 0.9 for w in waves]
+        if normalise:
+            waves = [w / max(1e-6, float(np.abs(w).max())) * 0.9 for w in waves]
+        out[name] = waves
     return out
 
 
