@@ -324,3 +324,22 @@ def test_unpooling_skipped_columns_restores_size() -> None:
 def test_encoder_conv_rejects_non_positive_sizes(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         EncoderConv2d(**kwargs)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_the_cpu() -> None:
+    # The script the GPU machine runs (benchmarks/gpu_check.py), kept working here on the CPU.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--steps", "2", "--batch_size", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "switch: 2 steps twice, identical weights: True; unit 4 trained: True" in result.stdout
+    assert result.stdout.rstrip().endswith("PASS")
