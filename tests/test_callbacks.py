@@ -500,7 +500,7 @@ def test_reconstruction_logger_sends_images_and_audio_to_tensorboard(cache_dir, 
     assert events.Tags()["images"] == ["reconstructions/spectrograms"]
     assert sorted(events.Tags()["audio"]) == [
         f"reconstructions/audio_{kind}_{i}"
-        for kind in ("input", "reconstruction", "code_zeroed")
+        for kind in ("code_zeroed", "input", "reconstruction")
         for i in range(2)
     ]
     assert {e.sample_rate for t in events.Tags()["audio"] for e in events.Audio(t)} == {8000}

@@ -155,3 +155,24 @@ def test_parameter_names_are_shared_between_autoencoder_and_classifier() -> None
 def test_bad_configs_fail_at_construction(factory, match) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         factory()
+
+
+def test_cli_lists_and_validates_every_autoencoder_argument_of_the_stacked_model() -> None:
+    # StackedAutoencoder takes **kwargs; jsonargparse resolves them to ConvAutoencoder's
+    # documented parameters, as LightningCLI's model.init_args does.
+    import inspect
+
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    from convae_lightning.models import ConvaeModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ConvaeModule, "model")
+    stacked = "convae_lightning.models.StackedAutoencoder"
+    config = parser.parse_args(["--model", stacked, "--model.init_args.unpool", "blind"])
+    expected = set(inspect.signature(ConvAutoencoder).parameters) | {"mode", "initial_units"}
+    assert set(vars(config.model.init_args)) == expected
+    assert config.model.init_args.unpool == "blind"
+    for bad in (["--model.init_args.unpool", "nearest"], ["--model.init_args.bogus", "1"]):
+        with pytest.raises(ArgumentError, match=bad[0].rsplit(".", 1)[1]):
+            parser.parse_args(["--model", stacked, *bad])

@@ -165,10 +165,10 @@ class StackGrowth(EarlyStopping):
                 f"{trainer.current_epoch}; lower the learning rate or check the inputs."
             )
         self.epochs_in_unit += 1
+        self._evaluate_stopping_criteria(current)  # EarlyStopping's wait_count and best_score
         improved = self.unit_best is None or bool(self.monitor_op(current, self.unit_best))
         if trainer.strategy.reduce_boolean_decision(improved):
             self._save_unit_best(trainer, float(current), logs)
-        self._evaluate_stopping_criteria(current)  # EarlyStopping's wait_count and best_score
         done, reason = unit_converged(
             self.epochs_in_unit, self.wait_count, self.patience, self.max_epochs_per_unit
         )
