@@ -112,8 +112,9 @@ class ConvAutoencoder(ConvaeModule):
         frozen: Glob patterns of parameter names frozen from the start, e.g.
             ``["decoder.*.conv.weight"]`` (a fixed random decoder) or ``["*"]`` (untrained
             baseline); weights and biases can be frozen separately.
-        decoder_impl: How decoder convolutions are computed (``conv_transpose``, faster on CPU,
-            or ``conv2d``); results agree to rounding.
+        decoder_impl: How decoder convolutions are computed: ``auto`` (the fastest measured
+            formulation per layer), ``conv_transpose``, ``conv2d`` or ``time_as_channels``
+            (see ``nn.conv.decoder_conv2d``); results agree to rounding.
         predict_reconstructions: ``predict_step`` returns the reconstructions besides the codes.
         optimizer: Optimiser factory (AdaGrad by default, as in the thesis).
         lr_scheduler: Optional scheduler factory.
@@ -137,7 +138,7 @@ class ConvAutoencoder(ConvaeModule):
         encoder: EncoderMode = "random",
         encoder_checkpoint: str | None = None,
         frozen: Sequence[str] = (),
-        decoder_impl: DecoderImpl = "conv_transpose",
+        decoder_impl: DecoderImpl = "auto",
         predict_reconstructions: bool = False,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,

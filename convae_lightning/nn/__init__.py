@@ -11,9 +11,11 @@ from convae_lightning.nn.architecture import (
     pool_stride,
 )
 from convae_lightning.nn.conv import (
+    CONV_IMPLS,
     DECODER_CONV_MODES,
     DECODER_IMPLS,
     SYNC_BIASES,
+    ConvImpl,
     DecoderConv2d,
     DecoderConvMode,
     DecoderImpl,
@@ -21,8 +23,14 @@ from convae_lightning.nn.conv import (
     SyncBias,
     conv_transpose_weight,
     decoder_conv2d,
+    gemm_conv2d,
+    padded_conv2d,
+    prefers_gemm,
+    prefers_time_as_channels,
     same_padding,
+    time_as_channels_conv2d,
 )
+from convae_lightning.nn.global_decode import global_blind_decode, global_switch_decode
 from convae_lightning.nn.pool import (
     BlindUpsample2d,
     MaxPool2dSwitches,
@@ -40,6 +48,7 @@ from convae_lightning.nn.units import (
 )
 
 __all__ = [
+    "CONV_IMPLS",
     "DECODER_CONV_MODES",
     "DECODER_IMPLS",
     "FIGURE2",
@@ -48,6 +57,7 @@ __all__ = [
     "UNPOOL_MODES",
     "AutoencoderUnit",
     "BlindUpsample2d",
+    "ConvImpl",
     "DecoderBlock",
     "DecoderConv2d",
     "DecoderConvMode",
@@ -65,8 +75,15 @@ __all__ = [
     "build_layer_specs",
     "conv_transpose_weight",
     "decoder_conv2d",
+    "gemm_conv2d",
+    "global_blind_decode",
     "global_max_pool_with_switches",
+    "global_switch_decode",
+    "padded_conv2d",
     "pool_output_size",
     "pool_stride",
+    "prefers_gemm",
+    "prefers_time_as_channels",
     "same_padding",
+    "time_as_channels_conv2d",
 ]

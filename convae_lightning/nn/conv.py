@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "CONV_IMPLS",
     "DECODER_CONV_MODES",
     "DECODER_IMPLS",
     "SYNC_BIASES",
+    "ConvImpl",
     "DecoderConv2d",
     "DecoderConvMode",
     "DecoderImpl",
@@ -24,13 +26,24 @@ __all__ = [
     "SyncBias",
     "conv_transpose_weight",
     "decoder_conv2d",
+    "gemm_conv2d",
+    "padded_conv2d",
+    "prefers_gemm",
+    "prefers_time_as_channels",
     "same_padding",
+    "time_as_channels_conv2d",
 ]
 
 DecoderConvMode = Literal["free", "init_transpose", "transpose_sync", "tied"]
 DECODER_CONV_MODES: tuple[str, ...] = get_args(DecoderConvMode)
-DecoderImpl = Literal["conv_transpose", "conv2d"]
+#: How a padded stride-1 convolution is computed (:func:`padded_conv2d`).
+ConvImpl = Literal["auto", "direct", "time_as_channels", "gemm"]
+CONV_IMPLS: tuple[str, ...] = get_args(ConvImpl)
+#: How a decoder convolution is computed (:func:`decoder_conv2d`).
+DecoderImpl = Literal["auto", "conv_transpose", "conv2d", "time_as_channels"]
 DECODER_IMPLS: tuple[str, ...] = get_args(DecoderImpl)
+#: ``(top, bottom, left, right)`` zero padding.
+Padding4 = tuple[int, int, int, int]
 #: Bias of a ``transpose_sync`` decoder: ``zero`` (fixed, the thesis's) or ``trained``.
 SyncBias = Literal["zero", "trained"]
 SYNC_BIASES: tuple[str, ...] = get_args(SyncBias)
@@ -66,21 +79,169 @@ def conv_transpose_weight(weight: Tensor) -> Tensor:
     return weight.transpose(0, 1).flip(-2, -1)
 
 
+def prefers_time_as_channels(
+    in_channels: int, out_channels: int, kernel_width: int, input_width: int
+) -> bool:
+    """Whether :func:`time_as_channels_conv2d` beats a direct convolution (``impl="auto"``).
+
+    It costs ``input_width / kernel_width`` times the direct FLOPs, so it is only chosen when the
+    kernel spans the whole input width (no extra FLOPs). It wins where one side has very few
+    channels (the 1 -> 8 first encoder and 8 -> 1 last decoder of Figure 2): oneDNN computes those
+    on slow generic paths (the last decoder's weight gradient at ~5 GFLOP/s), whereas time as
+    channels makes them 16 -> 128 and 128 -> 16 channel 1-D convolutions. Measured per layer by
+    ``benchmarks/layers.py`` (2.8x for the first encoder, 6x for the last decoder on CPU).
+    """
+    return kernel_width >= input_width and min(in_channels, out_channels) <= 4
+
+
+def _tap_index(width: int, out_width: int, kernel_width: int, left: int, device) -> Tensor:
+    # (out_width, width): which kernel column joins output column t to input column t'
+    # (t' - t + left), or ``kernel_width`` (a zero column) where none does.
+    tap = (
+        torch.arange(width, device=device)[None, :]
+        - torch.arange(out_width, device=device)[:, None]
+    )
+    tap = tap + left
+    return torch.where((tap >= 0) & (tap < kernel_width), tap, kernel_width)
+
+
+def time_as_channels_conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, padding: Padding4
+) -> Tensor:
+    """``conv2d(pad(x, padding), weight) + bias`` computed as a 1-D convolution over frequency
+    with the time axis folded into the channels.
+
+    Output ``(t, o)`` at frequency ``f`` sums input ``(t', c)`` over the kernel rows with the
+    block-Toeplitz weight ``W'[(t, o), (t', c), i] = weight[o, c, i, t' - t + left]`` (zero where
+    the kernel does not reach): for a kernel as wide as the input it is the same arithmetic, in
+    GEMM shapes oneDNN runs fast (see :func:`prefers_time_as_channels`). Equal to the direct
+    convolution to float rounding, gradients included (``W'`` is a gather of ``weight``).
+
+    Folding ``(t, c)`` into channels is free in the channels-last layout ``(B, H, W, C)``: a
+    channels-last (or single-channel) input is read in place and the output comes back
+    channels-last, the layout in which the max pooling that follows is fastest.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        weight: ``(O, C, kh, kw)``.
+        bias: ``(O,)`` or ``None``.
+        padding: ``(top, bottom, left, right)``.
+
+    Returns:
+        ``(B, O, H + top + bottom - kh + 1, W + left + right - kw + 1)``, channels-last.
+    """
+    top, bottom, left, right = padding
+    b, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    taps = _tap_index(w, wo, kw, left, x.device)  # (wo, w)
+    toeplitz = F.pad(weight, (0, 1))[..., taps]  # (o, c, kh, wo, w), zero column at kw
+    toeplitz = toeplitz.permute(3, 0, 4, 1, 2).reshape(wo * o, w * c, kh, 1)  # (t,o), (t',c)
+    # A channels-last weight makes the convolution channels-last whatever the input's strides.
+    toeplitz = toeplitz.contiguous(memory_format=torch.channels_last)
+    # (B, H, W, C) memory viewed as (B, W*C, H, 1) channels-last: no copy for such inputs.
+    folded = x.permute(0, 2, 3, 1).reshape(b, h, w * c).transpose(1, 2).unsqueeze(-1)
+    if bias is not None:
+        bias = bias.repeat(wo)  # (t, o) order
+    if top == bottom:
+        out = F.conv2d(folded, toeplitz, bias, padding=(top, 0))
+    elif w * c <= wo * o:
+        # Uneven padding: copy whichever side is smaller (here the input) to pad it.
+        out = F.conv2d(F.pad(folded, (0, 0, top, bottom)), toeplitz, bias)
+    else:
+        pad = max(top, bottom)
+        out = F.conv2d(folded, toeplitz, bias, padding=(pad, 0))[:, :, pad - top : pad - top + ho]
+    # (B, (t, o), ho, 1) -> (B, ho, wo, o) -> (B, o, ho, wo) channels-last.
+    out = out.permute(0, 2, 3, 1).reshape(b, ho, wo, o)
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def gemm_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: Padding4) -> Tensor:
+    """``conv2d(pad(x, padding), weight) + bias`` as one GEMM over channels-last patches.
+
+    The patches ``(B*H'*W', kh*kw*C)`` times the filters ``(kh*kw*C, O)``: for a layer with
+    more filters than patch values (Figure 2's 1000-filter layer: 1000 vs 320) the patch matrix
+    is no larger than the output, and one large GEMM runs ~1.3x faster than oneDNN's
+    convolution on our CPUs (``benchmarks/layers.py``). The output is channels-last.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        weight: ``(O, C, kh, kw)``.
+        bias: ``(O,)`` or ``None``.
+        padding: ``(top, bottom, left, right)``.
+    """
+    top, bottom, left, right = padding
+    b, c = x.shape[:2]
+    o, _, kh, kw = weight.shape
+    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, left, right, top, bottom))  # (B, H+, W+, C)
+    patches = rows.unfold(1, kh, 1).unfold(2, kw, 1)  # (B, H', W', C, kh, kw), a view
+    ho, wo = patches.shape[1:3]
+    patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, kh * kw * c)
+    filters = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)  # same (i, j, c) order
+    out = F.linear(patches, filters, bias)  # (B*H'*W', O)
+    return out.view(b, ho, wo, o).permute(0, 3, 1, 2)
+
+
+def prefers_gemm(in_channels: int, out_channels: int, kernel_size: tuple[int, int]) -> bool:
+    """Whether :func:`gemm_conv2d` is chosen by ``impl="auto"``: when the patch matrix is no
+    larger than the output (more filters than values in a patch)."""
+    return out_channels >= in_channels * kernel_size[0] * kernel_size[1]
+
+
+def padded_conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, padding: Padding4, impl: ConvImpl = "auto"
+) -> Tensor:
+    """Stride-1 ``conv2d(pad(x, padding), weight) + bias``: every encoder convolution, and the
+    decoders' when computed as ``conv2d``.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        weight: ``(O, C, kh, kw)``.
+        bias: ``(O,)`` or ``None``.
+        padding: ``(top, bottom, left, right)`` zeros.
+        impl: ``direct`` (``F.conv2d``; symmetric padding inside the call, asymmetric padding as
+            an explicit ``F.pad``, as ``padding="same"`` with even kernels would do with a
+            warning), ``time_as_channels`` (:func:`time_as_channels_conv2d`), ``gemm``
+            (:func:`gemm_conv2d`) or ``auto``: time as channels where
+            :func:`prefers_time_as_channels`, else GEMM where :func:`prefers_gemm`, else
+            direct.
+    """
+    if impl == "auto":
+        o, c, kh, kw = weight.shape
+        if prefers_time_as_channels(c, o, kw, x.shape[-1]):
+            impl = "time_as_channels"
+        elif prefers_gemm(c, o, (kh, kw)):
+            impl = "gemm"
+        else:
+            impl = "direct"
+    if impl == "time_as_channels":
+        return time_as_channels_conv2d(x, weight, bias, padding)
+    if impl == "gemm":
+        return gemm_conv2d(x, weight, bias, padding)
+    if impl != "direct":
+        raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        return F.conv2d(x, weight, bias, padding=(top, left))
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias)
+
+
 def decoder_conv2d(
     y: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
     *,
     transposed_weight: Tensor | None = None,
-    impl: DecoderImpl = "conv_transpose",
+    impl: DecoderImpl = "auto",
 ) -> Tensor:
     """Same-padded stride-1 decoder convolution ``conv2d(pad(y), weight) + bias``.
 
     The decoder pads with the *mirrored* split of the encoder (extra row/column at the top/left
     for even kernels) so that, with ``weight = T(F)``, it is the exact adjoint of the encoder's
     convolution with ``F``. That adjoint is what ``conv_transpose2d(y, F)`` computes, and on our
-    CPUs it is ~3x faster for the 8->1 last decoder (cpu-performance-notes.md), so
-    ``impl="conv_transpose"`` is the default. Both implementations agree to float rounding.
+    CPUs it is ~3x faster than ``conv2d`` for the 8->1 last decoder (cpu-performance-notes.md);
+    time as channels is faster still for that layer. All implementations agree to float
+    rounding.
 
     Args:
         y: Input of shape ``(B, C_in, H, W)``.
@@ -89,13 +250,19 @@ def decoder_conv2d(
         bias: Optional bias ``(C_out,)``.
         transposed_weight: ``T(weight)`` if the caller already has it (a tied decoder has it for
             free: it is the encoder's weight), saving the flip copy.
-        impl: ``"conv_transpose"`` or ``"conv2d"``.
+        impl: ``conv_transpose``, ``conv2d``, ``time_as_channels`` or ``auto``: time as channels
+            where :func:`prefers_time_as_channels`, else ``conv_transpose``.
     """
     if transposed_weight is None:
         if weight is None:
             raise ValueError("decoder_conv2d needs weight or transposed_weight")
         transposed_weight = conv_transpose_weight(weight)
-    kh, kw = transposed_weight.shape[-2:]
+    if impl not in DECODER_IMPLS:
+        raise ValueError(f"impl must be one of {DECODER_IMPLS}, got {impl!r}")
+    c_in, c_out, kh, kw = transposed_weight.shape  # the encoder layout, in and out swapped
+    if impl == "auto":
+        wide = prefers_time_as_channels(c_in, c_out, kw, y.shape[-1])
+        impl = "time_as_channels" if wide else "conv_transpose"
     top, bottom, left, right = same_padding((kh, kw))
     if impl == "conv_transpose":
         h, w = y.shape[-2:]
@@ -105,13 +272,12 @@ def decoder_conv2d(
         if out.shape[-2] != h or out.shape[-1] != w:
             out = out[..., :h, :w]
         return out
-    if impl == "conv2d":
-        if weight is None:
-            weight = conv_transpose_weight(transposed_weight)
-        if top == bottom and left == right:
-            return F.conv2d(y, weight, bias, padding=(top, left))
-        return F.conv2d(F.pad(y, (right, left, bottom, top)), weight, bias)
-    raise ValueError(f"impl must be one of {DECODER_IMPLS}, got {impl!r}")
+    if weight is None:
+        weight = conv_transpose_weight(transposed_weight)
+    mirrored = (bottom, top, right, left)
+    return padded_conv2d(
+        y, weight, bias, mirrored, impl="direct" if impl == "conv2d" else "time_as_channels"
+    )
 
 
 class EncoderConv2d(nn.Module):
@@ -123,6 +289,8 @@ class EncoderConv2d(nn.Module):
         kernel_size: ``(kh, kw)``, both > 0.
         padding: ``"same"`` keeps the spatial size (needed for invertible units, thesis 4.2.1);
             ``"valid"`` is the unpadded variant of Table 2.
+        impl: How the convolution is computed (:func:`padded_conv2d`); results agree to
+            rounding.
     """
 
     def __init__(
@@ -131,12 +299,16 @@ class EncoderConv2d(nn.Module):
         out_channels: int,
         kernel_size: tuple[int, int],
         padding: Padding = "same",
+        impl: ConvImpl = "auto",
     ) -> None:
         super().__init__()
         _check_positive(in_channels=in_channels, out_channels=out_channels)
         _check_positive(kernel_size_h=kernel_size[0], kernel_size_w=kernel_size[1])
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+        self.impl = impl
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
@@ -147,13 +319,8 @@ class EncoderConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C_in, H, W) -> (B, C_out, H, W)`` (same) or ``(B, C_out, H-kh+1, W-kw+1)``."""
-        if self.padding == "valid":
-            return F.conv2d(x, self.weight, self.bias)
-        top, bottom, left, right = same_padding(self.kernel_size)
-        if top == bottom and left == right:
-            return F.conv2d(x, self.weight, self.bias, padding=(top, left))
-        # Explicit asymmetric padding: padding="same" with even kernels also copies, and warns.
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias)
+        padding = same_padding(self.kernel_size) if self.padding == "same" else (0, 0, 0, 0)
+        return padded_conv2d(x, self.weight, self.bias, padding, impl=self.impl)
 
     def extra_repr(self) -> str:
         return (
@@ -194,7 +361,7 @@ class DecoderConv2d(nn.Module):
         self,
         encoder: EncoderConv2d,
         mode: DecoderConvMode = "free",
-        impl: DecoderImpl = "conv_transpose",
+        impl: DecoderImpl = "auto",
         sync_bias: SyncBias = "zero",
     ) -> None:
         super().__init__()
@@ -246,6 +413,13 @@ class DecoderConv2d(nn.Module):
         """Re-set a ``transpose_sync`` weight to ``T(encoder.weight)``; no-op for other modes."""
         if self.mode == "transpose_sync":
             self.weight.copy_(conv_transpose_weight(self._encoder.weight))
+
+    def transposed_weight(self) -> Tensor:
+        """``T(weight)`` in the encoder's layout ``(in_channels, out_channels, kh, kw)``: what
+        ``conv_transpose2d`` takes (for a tied decoder, the encoder's weight itself)."""
+        if self.mode == "tied":
+            return self._encoder.weight
+        return conv_transpose_weight(self.weight)
 
     def forward(self, y: Tensor) -> Tensor:
         """``(B, encoder.out_channels, H, W) -> (B, encoder.in_channels, H, W)``."""

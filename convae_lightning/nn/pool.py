@@ -37,16 +37,45 @@ def pool_output_size(size: Size2, kernel_size: Size2 | None, stride: Size2 | Non
 def global_max_pool_with_switches(x: Tensor) -> tuple[Tensor, Tensor]:
     """Global max pooling ``(B, C, H, W) -> (B, C, 1, 1)`` and its switches ``(B, C, 1, 1)``.
 
-    Equal to ``F.adaptive_max_pool2d(x, 1, return_indices=True)`` in values, switches (the first
-    maximum in scan order on ties) and gradients (all of it to the switch). Its backward is
-    ``gather``'s, a ``scatter_add`` with a deterministic CUDA implementation, whereas
-    ``adaptive_max_pool2d_backward_cuda`` has none and fails under
-    ``torch.use_deterministic_algorithms(True)``.
+    ``F.adaptive_max_pool2d(x, 1, return_indices=True)``: the first maximum in scan order on
+    ties, all of the gradient to the switch. Its CUDA backward has no deterministic
+    implementation and fails under ``torch.use_deterministic_algorithms(True)``; there the same
+    values, switches and gradients come from ``argmax`` and ``gather`` (whose backward, a
+    ``scatter_add``, is deterministic), which on the CPU is several times slower.
     """
+    if not (x.is_cuda and torch.are_deterministic_algorithms_enabled()):
+        return F.adaptive_max_pool2d(x, 1, return_indices=True)
+    return _global_pool_by_gather(x)
+
+
+def _global_pool_by_gather(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`global_max_pool_with_switches` from ``argmax`` and ``gather``."""
+    b, c = x.shape[:2]
+    if _channels_last(x):
+        flat = x.permute(0, 2, 3, 1).reshape(b, -1, c)  # (B, H*W, C), a view
+        switches = flat.argmax(1, keepdim=True)  # (B, 1, C); argmax returns the first maximum
+        y = flat.gather(1, switches)  # (B, 1, C)
+        return y.view(b, c, 1, 1), switches.view(b, c, 1, 1)
     flat = x.flatten(2)  # (B, C, H*W)
     switches = flat.argmax(-1, keepdim=True)  # (B, C, 1); argmax returns the first maximum
     y = flat.gather(-1, switches)  # (B, C, 1)
     return y.unsqueeze(-1), switches.unsqueeze(-1)
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is stored channels-last (and not also plainly contiguous, as 1-channel or
+    1x1 maps are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _as_rows(x: Tensor) -> Tensor:
+    """``(B, C, H, W) -> (B, H*W, C)``: a view of a channels-last tensor, a copy otherwise."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def _from_rows(rows: Tensor, size: Size2) -> Tensor:
+    """``(B, H*W, C) -> (B, C, H, W)`` channels-last, without a copy."""
+    return rows.view(rows.shape[0], *size, rows.shape[-1]).permute(0, 3, 1, 2)
 
 
 class MaxPool2dSwitches(nn.Module):
@@ -84,7 +113,11 @@ class MaxPool2dSwitches(nn.Module):
         if self.kernel_size is None:
             if self.return_switches:
                 return global_max_pool_with_switches(x)
-            return torch.amax(x, dim=(-2, -1), keepdim=True)
+            if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+                return torch.amax(x, dim=(-2, -1), keepdim=True)
+            # 5x faster than amax's backward; the gradient goes to the first maximum instead of
+            # being shared by exact ties.
+            return F.adaptive_max_pool2d(x, 1)
         if self.return_switches:
             return F.max_pool2d(x, self.kernel_size, self.stride, return_indices=True)
         return F.max_pool2d(x, self.kernel_size, self.stride)
@@ -119,23 +152,24 @@ class SwitchUnpool2d(nn.Module):
         )
 
     def forward(self, y: Tensor, indices: Tensor, output_size: Size2) -> Tensor:
-        """Unpool ``y`` (B, C, H, W) with switches ``indices`` to ``(B, C, *output_size)``."""
+        """Unpool ``y`` (B, C, H, W) with switches ``indices`` to ``(B, C, *output_size)``.
+
+        The output is channels-last: the decoder convolutions that follow run faster on it.
+        """
         if indices.shape != y.shape:
             raise ValueError(
                 f"switches shape {tuple(indices.shape)} must equal input shape {tuple(y.shape)}"
             )
-        b, c = y.shape[:2]
         ho, wo = output_size
-        flat_idx = indices.reshape(b, c, -1)  # (B, C, H*W), values in [0, Ho*Wo)
-        flat_y = y.reshape(b, c, -1)  # (B, C, H*W)
-        out = y.new_zeros(b, c, ho * wo).scatter_add(2, flat_idx, flat_y)  # (B, C, Ho*Wo)
+        flat_idx = _as_rows(indices)  # (B, H*W, C), values in [0, Ho*Wo)
+        flat_y = _as_rows(y)  # (B, H*W, C)
+        zeros = y.new_zeros(y.shape[0], ho * wo, y.shape[1])
+        out = zeros.scatter_add(1, flat_idx, flat_y)  # (B, Ho*Wo, C)
         if self.overlapping:
             with torch.no_grad():
-                counts = y.new_zeros(b, c, ho * wo).scatter_add_(
-                    2, flat_idx, torch.ones_like(flat_y)
-                )
+                counts = torch.zeros_like(zeros).scatter_add_(1, flat_idx, torch.ones_like(flat_y))
             out = out / counts.clamp_min_(1)
-        return out.reshape(b, c, ho, wo)
+        return _from_rows(out, output_size)
 
     def extra_repr(self) -> str:
         return "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}"
@@ -174,11 +208,11 @@ class BlindUpsample2d(nn.Module):
         return matrix
 
     def forward(self, y: Tensor, output_size: Size2) -> Tensor:
-        """Upsample ``y`` (B, C, H, W) to ``(B, C, *output_size)``."""
+        """Upsample ``y`` (B, C, H, W) to ``(B, C, *output_size)``, channels-last."""
         ho, wo = output_size
-        h, w = y.shape[-2:]
+        b, c, h, w = y.shape
         if self.kernel_size is None:
-            return y.expand(*y.shape[:-2], ho, wo).contiguous()
+            return _from_rows(_as_rows(y).expand(b, ho * wo, c).contiguous(), output_size)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if pool_output_size((ho, wo), self.kernel_size, self.stride) != (h, w):
             raise ValueError(
@@ -186,7 +220,9 @@ class BlindUpsample2d(nn.Module):
             )
         p_h = self._matrix(ho, h, kh, sh, y)  # (Ho, H)
         p_w = self._matrix(wo, w, kw, sw, y)  # (Wo, W)
-        return p_h @ y @ p_w.T  # (Ho, H) @ (B, C, H, W) @ (W, Wo) -> (B, C, Ho, Wo)
+        rows = p_h @ _as_rows(y).reshape(b, h, w * c)  # (Ho, H) @ (B, H, W*C) -> (B, Ho, W*C)
+        rows = p_w @ rows.view(b * ho, w, c)  # (Wo, W) @ (B*Ho, W, C) -> (B*Ho, Wo, C)
+        return _from_rows(rows.view(b, ho * wo, c), output_size)
 
     def extra_repr(self) -> str:
         return "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}"

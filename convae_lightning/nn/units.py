@@ -21,6 +21,12 @@ from convae_lightning.nn.conv import (
     DecoderImpl,
     EncoderConv2d,
     SyncBias,
+    same_padding,
+)
+from convae_lightning.nn.global_decode import (
+    global_blind_decode,
+    global_switch_decode,
+    sparse_decode_allowed,
 )
 from convae_lightning.nn.pool import BlindUpsample2d, MaxPool2dSwitches, SwitchUnpool2d
 
@@ -104,7 +110,7 @@ class DecoderBlock(nn.Module):
         unpool: UnpoolMode = "switch",
         relu: bool = True,
         conv_mode: DecoderConvMode = "free",
-        impl: DecoderImpl = "conv_transpose",
+        impl: DecoderImpl = "auto",
         sync_bias: SyncBias = "zero",
     ) -> None:
         super().__init__()
@@ -123,10 +129,33 @@ class DecoderBlock(nn.Module):
     def needs_switches(self) -> bool:
         return isinstance(self.unpool, SwitchUnpool2d)
 
+    @property
+    def fuses_global_unpool(self) -> bool:
+        """Whether unpooling a global pooling and the convolution run as one small product
+        (:mod:`~convae_lightning.nn.global_decode`; ``impl="auto"`` only)."""
+        return (
+            self.unpool is not None and self.unpool.kernel_size is None and self.conv.impl == "auto"
+        )
+
     def forward(self, z: Tensor, state: EncoderState) -> Tensor:
         """``(B, C_out, H', W') -> (B, C_in, H, W)``: the encoder block's input shape."""
         if self.relu:
             z = F.relu(z)
+        if self.fuses_global_unpool and sparse_decode_allowed(z):
+            conv = self.conv
+            top, _, left, _ = same_padding(conv.kernel_size)
+            if isinstance(self.unpool, SwitchUnpool2d):
+                return global_switch_decode(
+                    z,
+                    state.switches,
+                    conv.transposed_weight(),
+                    conv.bias,
+                    state.conv_hw,
+                    (top, left),
+                )
+            return global_blind_decode(
+                z, conv.transposed_weight(), conv.bias, state.conv_hw, (top, left)
+            )
         if isinstance(self.unpool, SwitchUnpool2d):
             z = self.unpool(z, state.switches, state.conv_hw)  # (B, C_out, H, W)
         elif self.unpool is not None:
