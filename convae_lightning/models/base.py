@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,15 @@ class NonFiniteLossError(FloatingPointError):
     """
 
 
-def default_optimizer(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    """AdaGrad, as in the thesis (B.9); lr 0.01 is PyTorch's default (the thesis gives none)."""
-    return torch.optim.Adagrad(params, lr=0.01)
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdaGrad, as in the thesis (B.9); lr 0.01 is PyTorch's default (the thesis gives none).
+
+    On the CPU its fused kernel: the same updates to float rounding, about twice as fast as the
+    per-tensor loop (``benchmarks/levers.py``); PyTorch has it for the CPU only.
+    """
+    params = list(params)
+    fused = bool(params) and all(p.device.type == "cpu" for p in params)
+    return torch.optim.Adagrad(params, lr=0.01, fused=fused or None)
 
 
 def match_parameters(module: nn.Module, patterns: Iterable[str], owner: str) -> list[str]:
