@@ -218,6 +218,7 @@ class ConvAutoencoder(ConvaeModule):
         ]
         self._apply_frozen([*fixed_encoder_patterns(encoder, num_loaded), *frozen])
         self._warned_out_of_sync = False
+        self._sync_checked_depth = 0
 
     # --------------------------------------------------------------------- structure / hooks
     @property
@@ -297,7 +298,8 @@ class ConvAutoencoder(ConvaeModule):
         measures = reconstruction_measures(self(x), x)
         loss = measures["sq_error"].mean()
         self.check_finite(loss, "training")
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Not on the progress bar: Lightning would read it back from the device every step.
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
         self.log("train/euclid", measures["euclid"].mean().detach(), on_step=True, on_epoch=True)
         # Every part frozen (a "no training" baseline): nothing to optimise this step.
         return loss if loss.requires_grad else None
@@ -334,13 +336,24 @@ class ConvAutoencoder(ConvaeModule):
     @override
     def on_fit_start(self) -> None:
         self._warned_out_of_sync = False
+        self._sync_checked_depth = 0
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         # Runs after the callbacks' hook: a transpose_sync decoder that differs from its
         # encoder's transpose now has nothing re-syncing it (whatever the callback's class).
-        if self._warned_out_of_sync:
+        # Comparing waits for the device, so it runs after the first step at each depth and
+        # then only at logging steps.
+        if self._warned_out_of_sync or self.global_step < 1:
             return
+        trainer = self._trainer
+        logging_step = trainer is not None and (
+            self.global_step % max(1, trainer.log_every_n_steps) == 0
+        )
+        if self._sync_checked_depth == self.num_active_units and not logging_step:
+            return
+        self._sync_checked_depth = self.num_active_units
         for unit in self.active_units():
             conv = unit.decoder.conv
             if conv.mode == "transpose_sync" and not torch.equal(

@@ -105,6 +105,8 @@ class ConvaeModule(pl.LightningModule):
         self._config_frozen: set[str] = set()
         # Created at first use per (stage, view): the number of views is the datamodule's.
         self.eval_metrics = nn.ModuleDict()
+        # Per stage, the first non-finite loss seen (check_finite), kept on the device.
+        self._non_finite: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------------------- freezing
     def _apply_frozen(self, patterns: Sequence[str], arg_name: str = "frozen") -> None:
@@ -185,19 +187,73 @@ class ConvaeModule(pl.LightningModule):
     def check_finite(self, loss: Tensor, stage: str) -> None:
         """Stop the run with a clear message when the loss is NaN or infinite.
 
+        Inside a Trainer the check does not wait for the device: the first non-finite loss is
+        recorded on the device (with its epoch and step) and reported at the next logging step
+        (``trainer.log_every_n_steps``, when Lightning synchronises anyway), at the end of the
+        training epoch, before validation and before any checkpoint is written, so the run
+        still stops within the epoch and no checkpoint holds the broken weights. Outside a
+        Trainer it checks at once.
+
         Raises:
             NonFiniteLossError: with the epoch, the step and what to try.
         """
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            where = ""
-            if self._trainer is not None:
-                where = f" at epoch {self.current_epoch}, global step {self.global_step}"
-            raise NonFiniteLossError(
-                f"{type(self).__name__}: {stage} loss is {value}{where}. Lower the learning rate "
-                "(optimizer.init_args.lr), check the input normalisation, or enable gradient "
-                "clipping (trainer.gradient_clip_val)."
-            )
+        loss = loss.detach()
+        if self._trainer is None:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(self._non_finite_message(stage, value, None, None))
+            return
+        record = self._non_finite.get(stage)
+        if record is None or record.device != loss.device:
+            # (value, global step, epoch) of the first non-finite loss; step -1: none yet.
+            record = torch.full((3,), -1.0, dtype=torch.float64, device=loss.device)
+            self._non_finite[stage] = record
+        first = ~torch.isfinite(loss) & (record[1] < 0)
+        here = torch.stack(
+            [
+                loss.to(torch.float64),
+                record.new_full((), float(self.global_step)),
+                record.new_full((), float(self.current_epoch)),
+            ]
+        )
+        record.copy_(torch.where(first, here, record))
+
+    def raise_if_non_finite(self) -> None:
+        """Raise for a non-finite loss recorded by :meth:`check_finite` (one host sync).
+
+        Raises:
+            NonFiniteLossError: with the epoch, the step and what to try.
+        """
+        for stage, record in self._non_finite.items():
+            value, step, epoch = record.tolist()
+            if step >= 0:
+                raise NonFiniteLossError(
+                    self._non_finite_message(stage, value, int(epoch), int(step))
+                )
+
+    def _non_finite_message(
+        self, stage: str, value: float, epoch: int | None, step: int | None
+    ) -> str:
+        where = f" at epoch {epoch}, global step {step}" if step is not None else ""
+        return (
+            f"{type(self).__name__}: {stage} loss is {value}{where}. Lower the learning rate "
+            "(optimizer.init_args.lr), check the input normalisation, or enable gradient "
+            "clipping (trainer.gradient_clip_val)."
+        )
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        trainer = self._trainer
+        if trainer is not None and self.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self.raise_if_non_finite()
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_non_finite()
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self.raise_if_non_finite()
 
     # ------------------------------------------------------------------------- prediction
     @override
@@ -227,6 +283,7 @@ class ConvaeModule(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.raise_if_non_finite()  # never write weights a non-finite loss has broken
         checkpoint[CHECKPOINT_META_KEY] = self.checkpoint_metadata()
 
 

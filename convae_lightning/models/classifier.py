@@ -124,7 +124,8 @@ class ConvClassifier(ConvaeModule):
         loss = F.cross_entropy(logits, y)
         self.check_finite(loss, "training")
         self.train_metrics.add_batch(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Not on the progress bar: Lightning would read it back from the device every step.
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
         self.log_metrics("train", None, self.train_metrics, "train_metrics", self._accuracies())
         # All parameters frozen (a "no training" baseline): nothing to optimise.
         return loss if loss.requires_grad else None

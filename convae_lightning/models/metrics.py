@@ -134,9 +134,15 @@ class ClassificationMetrics(nn.ModuleDict):
         metrics: dict[str, Metric] = {}
         if loss:
             metrics["loss"] = MeanMetric()
-        metrics["acc48"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # validate_args=False: the checks call torch.unique on every update, a device sync
+        # per step; predictions are argmax indices and targets the dataset's labels.
+        metrics["acc48"] = MulticlassAccuracy(
+            num_classes=num_classes, average="micro", validate_args=False
+        )
         if fold is not None:
-            metrics["acc39"] = MulticlassAccuracy(num_classes=max(fold) + 1, average="micro")
+            metrics["acc39"] = MulticlassAccuracy(
+                num_classes=max(fold) + 1, average="micro", validate_args=False
+            )
         super().__init__(metrics)
         if fold is not None:
             self.register_buffer("fold", torch.tensor(fold, dtype=torch.long), persistent=False)
