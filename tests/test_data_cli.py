@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from convae_lightning.data.phones import PHONES_39, PHONES_48
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.toy import write_toy_corpus
 
 
 @pytest.fixture(scope="module")

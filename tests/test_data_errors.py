@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convae_lightning.data.layout import write_sphere
 from convae_lightning.data.prepare import CorpusOptions, build_cache
 from convae_lightning.data.stats import corpus_stats
 from convae_lightning.data.timit import CorpusError, find_utterances
+from convae_lightning.synth.layout import write_audio
 
 # tiny_corpus (conftest): 4 speakers x 2 sentences = 8 utterances, 7 phones each, one of them q.
 UTTERANCES = 8
@@ -49,7 +49,7 @@ def random_bytes(root: Path):
 
 def other_sample_rate(root: Path):
     wav = root / f"{VICTIM}.WAV"
-    write_sphere(wav, np.zeros(6500) + 0.1, sample_rate=8000)  # the .PHN still fits
+    write_audio(wav, np.zeros(6500) + 0.1, sample_rate=8000)  # the .PHN still fits
     return wav, None, "sample rate 8000 Hz differs from the corpus's 16000 Hz"
 
 
@@ -109,7 +109,7 @@ def test_odd_sample_rate_is_blamed_on_the_odd_file(tiny_corpus, tmp_path):
     """The first file in corpus order (TEST sorts before TRAIN) must not set the corpus rate."""
     first = find_utterances(tiny_corpus)[0].audio_path
     assert first == tiny_corpus / "TEST/DR1/MDAB0/SI1027.WAV"
-    write_sphere(first, np.zeros(6500) + 0.1, sample_rate=8000)
+    write_audio(first, np.zeros(6500) + 0.1, sample_rate=8000)
     with pytest.raises(CorpusError, match=re.escape(f"{first}: sample rate 8000 Hz differs")):
         build_cache(tiny_corpus, tmp_path / "cache", progress=False)
     options = CorpusOptions(on_error="skip")

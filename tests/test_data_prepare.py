@@ -25,7 +25,7 @@ from convae_lightning.data.prepare import (
 )
 from convae_lightning.data.stats import corpus_stats
 from convae_lightning.data.timit import CorpusError, find_utterances
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.toy import write_toy_corpus
 
 SPLITS = ("train", "val", "test")
 
@@ -237,7 +237,8 @@ def test_second_run_reuses_the_cache_untouched(toy_corpus, tmp_path):
     assert {p.name for p in first.iterdir()} == {
         "meta.json",
         "mean.npy",
-        *(f"{s}_{k}.npy" for s in SPLITS for k in ("x", "y", "speaker")),
+        "skipped.tsv",
+        *(f"{s}_{k}.npy" for s in SPLITS for k in ("x", "y", "speaker", "utt", "span")),
     }
     second = build_cache(toy_corpus, tmp_path / "cache", progress=False)
     assert second == first

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from convae_lightning.data.layout import SPHERE_HEADER_BYTES, write_sphere
 from convae_lightning.data.timit import (
+    SPHERE_HEADER_BYTES,
     CorpusError,
-    PhoneSegment,
+    Segment,
     audio_info,
     find_utterances,
     read_audio,
     read_phones,
 )
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.layout import write_audio
+from convae_lightning.synth.toy import write_toy_corpus
 
 SPEAKERS = {"TRAIN": 2, "TEST": 1}
 
@@ -131,10 +132,10 @@ def test_read_phones_parses_offsets_labels_and_tolerates_gaps(tmp_path):
     phn = tmp_path / "SI1.PHN"
     phn.write_text("0 100 h#\n100 250 AX-H\n\n260 400 q\n400 520 zh\n")  # gap at 250..260
     assert read_phones(phn, num_samples=520) == [
-        PhoneSegment(0, 100, "h#"),
-        PhoneSegment(100, 250, "ax-h"),
-        PhoneSegment(260, 400, "q"),
-        PhoneSegment(400, 520, "zh"),
+        Segment(0, 100, "h#"),
+        Segment(100, 250, "ax-h"),
+        Segment(260, 400, "q"),
+        Segment(400, 520, "zh"),
     ]
 
 
@@ -168,7 +169,7 @@ def test_empty_phn_is_an_error(tmp_path):
 
 def test_truncated_sphere_is_detected(tmp_path):
     path = tmp_path / "SI1.WAV"
-    write_sphere(path, np.zeros(4000) + 0.1)
+    write_audio(path, np.zeros(4000) + 0.1)
     path.write_bytes(path.read_bytes()[: SPHERE_HEADER_BYTES + 2 * 1000])
     with pytest.raises(CorpusError, match=re.escape(f"{path}: truncated: header announces 4000")):
         audio_info(path)

@@ -10,19 +10,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from convae_lightning.data import synth
 from convae_lightning.data.phones import PHONES_61
-from convae_lightning.data.synth import (
+from convae_lightning.data.timit import embedded_corpus_root
+from convae_lightning.synth import (
+    INSTALL_HINT,
     FestivalNotFoundError,
     Grammar,
-    embedded_corpus_path,
+    engine,
     festival_to_timit,
     make_speakers,
     synthesize_corpus,
 )
+from convae_lightning.synth import corpus as synth_corpus
 
 needs_festival = pytest.mark.skipif(
-    shutil.which("festival") is None, reason="Festival not installed (" + synth.INSTALL_HINT + ")"
+    shutil.which("festival") is None, reason="Festival not installed (" + INSTALL_HINT + ")"
 )
 VOWELS = {"aa", "ae", "ah", "ao", "aw", "ax", "ay", "eh", "er", "ey", "ih", "iy", "ow", "oy", "uw"}
 
@@ -76,9 +78,9 @@ def _check_layout(root: Path) -> list[Path]:
 
 
 def test_embedded_corpus_is_timit_layout() -> None:
-    root = embedded_corpus_path()
+    root = embedded_corpus_root()
     phns = _check_layout(root)
-    manifest = json.loads((root / synth.MANIFEST_NAME).read_text())
+    manifest = json.loads((root / synth_corpus.MANIFEST_NAME).read_text())
     assert manifest["complete"] and manifest["options"]["audio_format"] == "flac"
     assert len(phns) == manifest["utterances"]
     for phn in phns:
@@ -156,14 +158,14 @@ def test_empty_word_list(tmp_path: Path) -> None:
 
 
 def test_festival_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without festival
     with pytest.raises(FestivalNotFoundError, match="apt-get install festival festvox-kallpc16k"):
         synthesize_corpus(tmp_path / "out", speakers=2, sentences=1)
 
 
 @needs_festival
 def test_voice_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(synth, "installed_voices", lambda: ["kal_diphone"])
+    monkeypatch.setattr(engine, "installed_voices", lambda: ["kal_diphone"])
     with pytest.raises(FestivalNotFoundError, match=r"cmu_us_slt_arctic_hts.*not installed"):
         synthesize_corpus(tmp_path / "out", speakers=2, sentences=1)
 
@@ -174,7 +176,7 @@ def test_voice_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("festival") is None:
-        pytest.skip("Festival not installed (" + synth.INSTALL_HINT + ")")
+        pytest.skip("Festival not installed (" + INSTALL_HINT + ")")
     out = tmp_path_factory.mktemp("synth") / "corpus"
     summary = synthesize_corpus(out, speakers=4, sentences=2, seed=1, progress=False)
     assert summary.utterances == summary.synthesized == 8
@@ -207,7 +209,7 @@ def test_synthesised_corpus_layout_and_boundaries(small_corpus: Path) -> None:
 
 @needs_festival
 def test_speakers_differ_in_pitch(small_corpus: Path) -> None:
-    manifest = json.loads((small_corpus / synth.MANIFEST_NAME).read_text())
+    manifest = json.loads((small_corpus / synth_corpus.MANIFEST_NAME).read_text())
     measured = {}
     for profile in manifest["speakers"]:
         folder = small_corpus / profile["split"] / profile["dialect"] / profile["speaker_id"]
@@ -234,7 +236,7 @@ def test_datamodule_reads_synthesised_corpus(small_corpus: Path, tmp_path: Path)
 @needs_festival
 def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "corpus"
-    real = synth._finish_utterance
+    real = synth_corpus.finish_utterance
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -243,13 +245,13 @@ def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.Monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "_finish_utterance", flaky)
+    monkeypatch.setattr(synth_corpus, "finish_utterance", flaky)
     with pytest.raises(KeyboardInterrupt):
         synthesize_corpus(out, speakers=2, sentences=2, seed=5, workers=1, progress=False)
     assert not out.exists()  # nothing that looks like a finished corpus
     partial = tmp_path / "corpus.partial"
-    assert len((partial / synth.DONE_NAME).read_text().split()) == 2
-    monkeypatch.setattr(synth, "_finish_utterance", real)
+    assert len((partial / synth_corpus.DONE_NAME).read_text().split()) == 2
+    monkeypatch.setattr(synth_corpus, "finish_utterance", real)
     summary = synthesize_corpus(out, speakers=2, sentences=2, seed=5, workers=1, progress=False)
     assert summary.synthesized == 2 and summary.utterances == 4
     assert not partial.exists()
