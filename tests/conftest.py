@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+from hypothesis import settings
 
 from convae_lightning.data.prepare import build_cache
 from convae_lightning.synth.toy import write_toy_corpus, write_toy_utterance
+
+#: `pytest --hypothesis-profile fuzz`: the big fuzz of the audio reader (tests/test_data_timit.py).
+settings.register_profile("fuzz", max_examples=240_000)
+# Hypothesis keeps its files in ./.hypothesis unless told otherwise: tests write only to temp.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "convae-hypothesis")
+)
 
 #: Speakers of the shared toy corpus: 4 TRAIN (one becomes validation), 2 TEST.
 TOY_SPEAKERS = {"TRAIN": 4, "TEST": 2}
@@ -69,6 +81,31 @@ def tiny_corpus(tmp_path, make_utterance) -> Path:
                 root, f"{split}/DR1/{speaker}/{sentence}", lengths, labels, seed=2 * s + k
             )
     return root
+
+
+# ------------------------------------------------------------------ damaged audio files
+
+
+def corrupt_flac_frames(path: Path) -> None:
+    """Damage a FLAC's compressed frames but not its STREAMINFO header: headers read, decoding
+    fails (what only a full decode finds)."""
+    data = bytearray(path.read_bytes())
+    for i in range(400, len(data) - 50, 7):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def write_streamed_flac(path: Path, audio: np.ndarray, sample_rate: int = 16000) -> Path:
+    """A FLAC whose STREAMINFO announces no length (total samples 0), as a pipe writes it:
+    libsndfile then reports 2**63 - 1 frames."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format="FLAC", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    # STREAMINFO starts at byte 8; its 36-bit total-samples field ends at byte 8 + 18.
+    data[8 + 13] &= 0xF0
+    data[8 + 14 : 8 + 18] = bytes(4)
+    path.write_bytes(bytes(data))
+    return path
 
 
 @pytest.fixture(autouse=True)
