@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import corrupt_flac_frames
 
+from convae_lightning.cli import main
 from convae_lightning.data.phones import PHONES_39, PHONES_48
 from convae_lightning.synth.toy import write_toy_corpus
 
@@ -18,6 +21,19 @@ from convae_lightning.synth.toy import write_toy_corpus
 def cli_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli") / "TIMIT"
     return write_toy_corpus(root, {"TRAIN": 3, "TEST": 1}, sentences=2, phones_per_sentence=12)
+
+
+@pytest.fixture(scope="module")
+def damaged_corpus(cli_corpus, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A FLAC copy of the corpus with two files whose headers read but whose frames do not."""
+    root = tmp_path_factory.mktemp("damaged") / "TIMIT"
+    write_toy_corpus(
+        root, {"TRAIN": 3, "TEST": 1}, sentences=2, phones_per_sentence=12, audio_format="flac"
+    )
+    bad = sorted(root.rglob("*.flac"))[1:3]
+    for path in bad:
+        corrupt_flac_frames(path)
+    return root, bad
 
 
 def convae(*args: str, cache: Path) -> subprocess.Popen:
@@ -32,15 +48,16 @@ def convae(*args: str, cache: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def runs(cli_corpus, tmp_path_factory) -> dict[str, tuple]:
-    """Every CLI run of this module, started at once (each spends ~4 s importing torch)."""
+def runs(cli_corpus, damaged_corpus, tmp_path_factory) -> dict[str, tuple]:
+    """Every CLI process of this module, started at once (each spends ~4 s importing torch)."""
     base = tmp_path_factory.mktemp("cli_runs")
-    root = str(cli_corpus)
+    root, damaged = str(cli_corpus), str(damaged_corpus[0])
     commands = {
         "stats": (["stats", root], base / "stats_env"),
         "json": (["stats", root, "--json_output", "true"], base / "json_env"),
         "prepare": (["prepare", root, "--cache_dir", str(base / "explicit")], base / "env"),
         "bad_root": (["stats", str(base / "no_such_corpus")], base / "bad_env"),
+        "stats_damaged": (["stats", damaged], base / "damaged_env"),
     }
     procs = {name: convae(*args, cache=env) for name, (args, env) in commands.items()}
     results = {}
@@ -50,6 +67,7 @@ def runs(cli_corpus, tmp_path_factory) -> dict[str, tuple]:
     return results
 
 
+@pytest.mark.slow
 def test_stats_tables(cli_corpus, runs):
     code, out, err, base = runs["stats"]
     assert code == 0, err
@@ -67,6 +85,7 @@ def test_stats_tables(cli_corpus, runs):
     assert not (base / "stats_env").exists()  # stats builds no cache
 
 
+@pytest.mark.slow
 def test_stats_json_counts(runs):
     code, out, err, _ = runs["json"]
     assert code == 0, err
@@ -87,6 +106,7 @@ def test_stats_json_counts(runs):
     assert stats["skipped_files"] == 0 and stats["corpus_sample_rate"] == 16000
 
 
+@pytest.mark.slow
 def test_prepare_builds_the_cache(runs):
     code, out, err, base = runs["prepare"]
     assert code == 0, err
@@ -102,7 +122,51 @@ def test_prepare_builds_the_cache(runs):
         )
 
 
+@pytest.mark.slow
 def test_bad_root_exits_non_zero_naming_the_path(runs):
     code, _, err, base = runs["bad_root"]
     assert code != 0
     assert str(base / "no_such_corpus") in err
+
+
+@pytest.mark.slow
+def test_stats_rejects_audio_that_does_not_decode(damaged_corpus, runs):
+    """What prepare rejects, stats rejects too: a one-line error naming the first bad file."""
+    code, _, err, _ = runs["stats_damaged"]
+    assert code == 2, err
+    assert err.startswith(f"error: {damaged_corpus[1][0]}: not a readable audio file"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def skipped_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+# In-process from here on: the same parser and commands as `convae data ...`, without the start-up.
+
+
+def test_stats_lists_every_skipped_file_and_writes_the_report(
+    damaged_corpus, tmp_path, capsys, caplog
+):
+    root, bad = damaged_corpus
+    report = tmp_path / "reports" / "skipped.tsv"
+    main(["data", "stats", str(root), "--on_error", "skip", "--skipped_report", str(report)])
+    out = capsys.readouterr().out
+    assert "skipped 2 bad file(s)" in caplog.text and "skipped 2 bad file(s)" in out
+    for path in bad:  # in the warning and in the stats, each on one line
+        assert str(path) in caplog.text and f"  {path}: not a readable audio file" in out
+    rows = skipped_rows(report)
+    assert [r["path"] for r in rows] == [str(p) for p in bad]
+    assert all(r["line"] == "" and r["reason"].startswith("not a readable audio") for r in rows)
+
+
+def test_prepare_lists_every_skipped_file_beside_the_cache(damaged_corpus, tmp_path, capsys):
+    root, bad = damaged_corpus
+    main(["data", "prepare", str(root), "--on_error", "skip", "--cache_dir", str(tmp_path)])
+    out = capsys.readouterr().out.replace("\n", "")
+    (report,) = tmp_path.glob("*/skipped.tsv")
+    assert [r["path"] for r in skipped_rows(report)] == [str(p) for p in bad]
+    assert f"skipped 2 bad file(s), listed in {report}" in out
+    for path in bad:
+        assert str(path) in out

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from convae_lightning.cli import main
 from convae_lightning.data.phones import PHONES_61
 from convae_lightning.data.timit import embedded_corpus_root
 from convae_lightning.synth import (
+    EMBEDDED_OPTIONS,
     INSTALL_HINT,
     FestivalNotFoundError,
     Grammar,
@@ -91,6 +96,31 @@ def test_embedded_corpus_is_timit_layout() -> None:
     assert manifest["classes_missing"] == ["dx", "el", "en", "epi", "ix"]
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     assert size < 10 * 2**20
+
+
+def test_embedded_corpus_manifest_command_regenerates_it(tmp_path: Path) -> None:
+    """The command recorded in the manifest parses (through `convae data synth`'s own parser)
+    into EMBEDDED_OPTIONS and the manifest's options, so rerunning it regenerates the corpus."""
+    from jsonargparse import ArgumentParser
+
+    manifest = json.loads((embedded_corpus_root() / synth_corpus.MANIFEST_NAME).read_text())
+    parser = ArgumentParser()
+    parser.add_function_arguments(synthesize_corpus, as_positional=True)
+    command = manifest["command"].split()
+    assert command[:3] == ["convae", "data", "synth"]
+    parsed = parser.parse_args(command[3:])
+    assert {key: parsed[key] for key in EMBEDDED_OPTIONS} == EMBEDDED_OPTIONS
+    for key in ("speakers", "sentences", "seed", "audio_format"):
+        assert manifest["options"][key] == parsed[key]
+
+
+def test_cli_rejects_a_wrong_value_naming_the_allowed_ones(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", str(tmp_path / "out"), "--audio_format", "mp3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mp3" in err and "'sphere', 'riff', 'flac'" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------ pure functions
@@ -184,6 +214,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @needs_festival
 def test_synthesised_corpus_layout_and_boundaries(small_corpus: Path) -> None:
     phns = _check_layout(small_corpus)
@@ -207,6 +238,7 @@ def test_synthesised_corpus_layout_and_boundaries(small_corpus: Path) -> None:
     assert max(silence) < 0.25 * float(np.median(speech))
 
 
+@pytest.mark.slow
 @needs_festival
 def test_speakers_differ_in_pitch(small_corpus: Path) -> None:
     manifest = json.loads((small_corpus / synth_corpus.MANIFEST_NAME).read_text())
@@ -220,6 +252,7 @@ def test_speakers_differ_in_pitch(small_corpus: Path) -> None:
     assert values[-1] > 1.3 * values[0]
 
 
+@pytest.mark.slow
 @needs_festival
 def test_datamodule_reads_synthesised_corpus(small_corpus: Path, tmp_path: Path) -> None:
     datamodule = pytest.importorskip("convae_lightning.data.datamodule")
@@ -233,6 +266,7 @@ def test_datamodule_reads_synthesised_corpus(small_corpus: Path, tmp_path: Path)
     assert 0.8 * phones <= held <= phones
 
 
+@pytest.mark.slow
 @needs_festival
 def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "corpus"
@@ -260,3 +294,28 @@ def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert synthesize_corpus(out, speakers=2, sentences=2, seed=5, progress=False).synthesized == 0
     with pytest.raises(FileExistsError, match="other options"):
         synthesize_corpus(out, speakers=2, sentences=1, seed=5, progress=False)
+
+
+@pytest.mark.slow
+@needs_festival
+def test_both_entry_points_write_the_same_corpus(tmp_path: Path) -> None:
+    """`python -m convae_lightning.synth` (a real process) and `convae data synth` run one
+    function: the same options give byte-identical corpora (and a summary line)."""
+    options = ["--speakers", "2", "--sentences", "1", "--seed", "3", "--audio_format", "flac"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convae_lightning.synth", str(a), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    main(["data", "synth", str(b), *options])  # meanwhile, in this process
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "2 speakers (1 train, 1 test), 2 utterances" in err, err
+    assert len(_check_layout(a)) == 2
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name

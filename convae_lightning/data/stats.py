@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from convae_lightning.data.features import FeatureConfig
-from convae_lightning.data.index import CorpusOptions, index_corpus, plan_padding
+from convae_lightning.data.index import CorpusOptions, SkippedFile, index_corpus, plan_padding
 from convae_lightning.data.phones import MAP_48_TO_39, PHONES_39, PHONES_48
 from convae_lightning.data.splits import SPLITS
 
@@ -103,14 +103,10 @@ def print_stats(stats: dict, console: Console | None = None) -> None:
         missing = splits[split]["missing_classes_48"]
         console.print(f"{split}: missing classes (48): {', '.join(missing) if missing else 'none'}")
     if stats["skipped"]:
-        table = Table(title=f"Skipped files ({len(stats['skipped'])}, on_error=skip)")
-        table.add_column("file")
-        table.add_column("line", justify="right")
-        table.add_column("reason")
+        # One unwrapped line per file, so that a path can be copied whole.
+        console.print(f"skipped {len(stats['skipped'])} bad file(s) (on_error=skip):")
         for skipped in stats["skipped"]:
-            line = "" if skipped["line"] is None else str(skipped["line"])
-            table.add_row(skipped["path"], line, skipped["reason"])
-        console.print(table)
+            console.print(f"  {SkippedFile(**skipped)}", soft_wrap=True, highlight=False)
 
 
 def _fmt(value: float | None) -> str:
