@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 from conftest import corrupt_flac_frames
+from rich.console import Console
 
 from convae_lightning.cli import main
 from convae_lightning.data.phones import PHONES_39, PHONES_48
+from convae_lightning.data.stats import corpus_stats, print_stats
+from convae_lightning.data.timit import embedded_corpus_root
 from convae_lightning.synth.toy import write_toy_corpus
 
 
@@ -170,3 +174,65 @@ def test_prepare_lists_every_skipped_file_beside_the_cache(damaged_corpus, tmp_p
     assert f"skipped 2 bad file(s), listed in {report}" in out
     for path in bad:
         assert str(path) in out
+
+
+# ------------------------------------------------------------------ docs of the embedded corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _code_block_after(text: str, marker: str) -> list[str]:
+    start = text.index("```", text.index(marker)) + 3
+    return [line for line in text[start : text.index("```", start)].splitlines() if line.strip()]
+
+
+def _table_rows(text: str, header: str) -> dict[str, list[str]]:
+    """First cell -> the other cells, of the Markdown table under the row ``header``."""
+    lines = text[text.index(header) :].splitlines()
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_docs_state_what_convae_data_stats_prints():
+    """README's embedded-corpus table and docs/corpus.md's numbers are what `convae data stats`
+    prints (corpus_stats + print_stats, the command's two steps): they cannot drift apart."""
+    stats = corpus_stats(embedded_corpus_root())
+    console = Console(file=io.StringIO(), width=200)
+    print_stats(stats, console)
+    printed = _squash(console.file.getvalue())
+    splits = stats["splits"]
+    corpus_md = (REPO / "docs" / "corpus.md").read_text()
+    for line in _code_block_after(corpus_md, "`convae data stats` (no ROOT)"):
+        assert _squash(line) in printed, f"docs/corpus.md says {line!r}; stats prints otherwise"
+    per_class = {c: sum(s["phones_per_class_48"][c] for s in splits.values()) for c in PHONES_48}
+    documented = {}
+    for cells in _table_rows(corpus_md, "| class | all | class | all |").items():
+        flat = [cells[0], *cells[1]]
+        documented.update(zip(flat[0::2], flat[1::2], strict=True))
+    documented.pop("", None)
+    assert {c: int(n) for c, n in documented.items()} == {c: n for c, n in per_class.items() if n}
+    missing = ", ".join(splits["train"]["missing_classes_48"])
+    assert f"Classes missing: {missing}." in corpus_md
+    total = sum(s["utterances"] for s in splits.values())
+    phones = sum(s["phones"] for s in splits.values())
+    assert f"{total} utterances, {phones:,} phones" in corpus_md
+
+    readme = (REPO / "README.md").read_text()
+    rows = _table_rows(readme, "| | train | val | test |")
+    names = {"speakers": "speakers", "utterances": "utterances", "phones": "phones"}
+    names["kept after discarding the longest 5%"] = "kept"
+    for row, key in names.items():
+        assert rows[row] == [f"{splits[s][key]:,}" for s in ("train", "val", "test")], row
+    shape = " x ".join(str(n) for n in stats["padding"]["patch_shape"])
+    assert f"patches are {shape}." in readme
+    assert f"{len(PHONES_48) - len(splits['train']['missing_classes_48'])} of the 48" in readme
+    assert f"(missing: {missing})" in readme
