@@ -16,8 +16,11 @@ from hypothesis import settings
 from convae_lightning.data.prepare import build_cache
 from convae_lightning.synth.toy import write_toy_corpus, write_toy_utterance
 
-#: `pytest --hypothesis-profile fuzz`: the big fuzz of the audio reader (tests/test_data_timit.py).
-settings.register_profile("fuzz", max_examples=240_000)
+#: `pytest --hypothesis-profile fuzz`: the big fuzz of the audio reader (tests/test_data_timit.py),
+#: 240,000 inputs or $CONVAE_FUZZ_EXAMPLES (to run it in chunks, each with --hypothesis-seed).
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("CONVAE_FUZZ_EXAMPLES", 240_000)), deadline=None
+)
 # Hypothesis keeps its files in ./.hypothesis unless told otherwise: tests write only to temp.
 os.environ.setdefault(
     "HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "convae-hypothesis")

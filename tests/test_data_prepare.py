@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -470,29 +471,28 @@ def test_concurrent_cache_folder_is_not_clobbered(toy_corpus, tmp_path):
 
 # --------------------------------------------------------------------------- half-built folders
 
-KILLED_BUILD = """
-import os, signal, sys
-from pathlib import Path
-from convae_lightning.data.features import FeatureConfig
-from convae_lightning.data.prepare import build_cache
 
-def kill_when_writing(signum, frame):  # SIGKILL mid-build: no cleanup code runs
-    if list(Path(sys.argv[2]).glob(".*.partial/train_x.npy")):
-        os.kill(os.getpid(), signal.SIGKILL)
+def build_until_killed(root: Path, cache_dir: Path) -> None:
+    """Run in a child process: build a cache and SIGKILL itself while patches are written."""
 
-signal.signal(signal.SIGALRM, kill_when_writing)
-signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
-build_cache(sys.argv[1], sys.argv[2], FeatureConfig(deltas=2), progress=False, batch_size=4)
-"""
+    def kill_when_writing(signum, frame):  # no cleanup code of any kind can run
+        if list(cache_dir.glob(".*.partial/train_x.npy")):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, kill_when_writing)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    build_cache(root, cache_dir, FeatureConfig(deltas=2), progress=False, batch_size=4)
 
 
-@pytest.mark.slow
 def test_killed_build_is_cleaned_up_by_the_next_run(toy_corpus, tmp_path):
     cache_dir = tmp_path / "cache"
-    child = subprocess.run(
-        [sys.executable, "-c", KILLED_BUILD, str(toy_corpus), str(cache_dir)], timeout=300
+    # A forked child: a real process of its own (its pid dies with it), without a fresh import.
+    child = multiprocessing.get_context("fork").Process(
+        target=build_until_killed, args=(toy_corpus, cache_dir)
     )
-    assert child.returncode == -signal.SIGKILL
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == -signal.SIGKILL
     (dead,) = cache_dir.glob(".*.partial")
     assert (dead / "train_x.npy").is_file() and (dead / "owner.json").is_file()
     live = partial_folder(cache_dir, "live", {"pid": os.getpid(), "host": socket.gethostname()})

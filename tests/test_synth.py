@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -298,24 +297,15 @@ def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.slow
 @needs_festival
-def test_both_entry_points_write_the_same_corpus(tmp_path: Path) -> None:
-    """`python -m convae_lightning.synth` (a real process) and `convae data synth` run one
-    function: the same options give byte-identical corpora (and a summary line)."""
+def test_python_m_synth_is_the_convae_data_synth_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`python -m convae_lightning.synth` (run as -m runs it) parses into synthesize_corpus,
+    records the equivalent `convae data synth` command and prints a summary line."""
     options = ["--speakers", "2", "--sentences", "1", "--seed", "3", "--audio_format", "flac"]
-    a, b = tmp_path / "a", tmp_path / "b"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "convae_lightning.synth", str(a), *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    main(["data", "synth", str(b), *options])  # meanwhile, in this process
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    assert "2 speakers (1 train, 1 test), 2 utterances" in err, err
-    assert len(_check_layout(a)) == 2
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    for name in files:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    monkeypatch.setattr(sys, "argv", ["convae_lightning.synth", str(tmp_path / "a"), *options])
+    runpy.run_module("convae_lightning.synth", run_name="__main__")
+    assert "2 speakers (1 train, 1 test), 2 utterances" in capsys.readouterr().err
+    assert len(_check_layout(tmp_path / "a")) == 2
+    manifest = json.loads((tmp_path / "a" / synth_corpus.MANIFEST_NAME).read_text())
+    assert manifest["command"] == "convae data synth OUT " + " ".join(options)
