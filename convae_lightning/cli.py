@@ -20,10 +20,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from convae_lightning.data import TimitDataModule
-from convae_lightning.data.synth import FestivalNotFoundError
 from convae_lightning.data.timit import CorpusError
 from convae_lightning.loggers import OfflineWandbLogger
 from convae_lightning.models import ConvaeModule
+from convae_lightning.synth import FestivalNotFoundError
 
 #: Every run logs to CSV (for offline reports) and to W&B, offline unless configured otherwise.
 DEFAULT_LOGGERS: list[dict[str, Any]] = [
@@ -140,12 +140,12 @@ class ConvaeCLI(LightningCLI):
 def _data_commands() -> dict[str, Callable]:
     from convae_lightning.data import commands
     from convae_lightning.data.stft_quality_command import stft_quality
-    from convae_lightning.data.synth import synth_command
+    from convae_lightning.synth import synthesize_corpus
 
     return {
         "stats": commands.stats,
         "prepare": commands.prepare,
-        "synth": synth_command,
+        "synth": synthesize_corpus,
         "stft-quality": stft_quality,
     }
 
