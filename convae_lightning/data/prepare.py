@@ -141,22 +141,33 @@ class _PatchWriter:
         self.mean = mean
         self.total = np.zeros(out.shape[1:], dtype=np.float64)
 
-    def add(self, segment: np.ndarray) -> None:
-        # Zero-pad on both sides to the common length (thesis 2.1).
-        offset = self.pad + (self.segment_length - segment.size) // 2
-        row = self.buffer[self.filled]
-        row[:] = 0.0
-        row[offset : offset + segment.size] = segment
-        self.filled += 1
-        if self.filled == len(self.buffer):
-            self.flush()
+    def add(self, audio: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Add the phones ``audio[starts[i]:ends[i]]`` of one utterance, each zero-padded on
+        both sides to the common length (thesis 2.1), centred."""
+        if not len(starts):
+            return
+        # One gather per utterance instead of three numpy calls per phone: row position j of
+        # phone i holds sample starts[i] - offset[i] + j where that lies inside the phone.
+        offsets = self.pad + (self.segment_length - (ends - starts)) // 2
+        source = (starts - offsets)[:, None] + np.arange(self.buffer.shape[1])
+        inside = (source >= starts[:, None]) & (source < ends[:, None])
+        rows = np.where(inside, audio[np.clip(source, 0, len(audio) - 1)], np.float32(0))
+        done = 0
+        while done < len(rows):
+            take = min(len(rows) - done, len(self.buffer) - self.filled)
+            self.buffer[self.filled : self.filled + take] = rows[done : done + take]
+            self.filled += take
+            done += take
+            if self.filled == len(self.buffer):
+                self.flush()
 
     def flush(self) -> None:
         if not self.filled:
             return
         batch = torch.from_numpy(self.buffer[: self.filled])
-        patches = self.extractor(batch, prepadded=True).numpy()
-        self.total += patches.sum(axis=0, dtype=np.float64)
+        patches = self.extractor(batch, prepadded=True)
+        self.total += patches.sum(0, dtype=torch.float64).numpy()
+        patches = patches.numpy()
         if self.mean is not None:
             patches -= self.mean
         self.out.write(self.written, patches)
@@ -271,8 +282,7 @@ def _write_features(
                 rows["speaker"][first:last] = speaker_id[item.utterance.speaker]
                 rows["utt"][first:last] = utterance_id[item.utterance.utterance_id]
                 rows["span"][first:last] = np.stack([item.starts[keep], item.ends[keep]], 1)
-                for start, end in rows["span"][first:last]:
-                    writer.add(audio[start:end])
+                writer.add(audio, item.starts[keep], item.ends[keep])
                 bar.advance(task)
             writer.flush()
             if split == "train":

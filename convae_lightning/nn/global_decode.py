@@ -71,8 +71,10 @@ def global_switch_decode(
     counts = torch.zeros(b, positions, dtype=torch.long, device=z.device)
     counts.scatter_add_(1, flat_switches, torch.ones_like(flat_switches))
     offsets = counts.flatten().cumsum(0) - counts.flatten()  # first entry of each bag
-    values = z.reshape(b, c).gather(1, channels)  # (B, C), in bag order
-    kernels = transposed_weight.reshape(c, -1)  # (C, O*kh*kw)
+    # One dtype for both (under autocast z may be bfloat16 while the weight is float32).
+    dtype = torch.promote_types(z.dtype, transposed_weight.dtype)
+    values = z.reshape(b, c).gather(1, channels).to(dtype)  # (B, C), in bag order
+    kernels = transposed_weight.reshape(c, -1).to(dtype)  # (C, O*kh*kw)
     sums = F.embedding_bag(
         channels.flatten(), kernels, offsets, mode="sum", per_sample_weights=values.flatten()
     )  # (B*H*W, O*kh*kw): the summed kernels placed at each position
