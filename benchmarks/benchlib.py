@@ -205,6 +205,11 @@ def median_rate(timestamps: Sequence[float], samples_per_step: int, warmup: int)
     return samples_per_step / statistics.median(gaps)
 
 
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def plain_loop_rate(
     model: nn.Module,
     loss_fn: Callable,
@@ -213,11 +218,18 @@ def plain_loop_rate(
     warmup: int,
     lr: float = 0.01,
 ) -> float:
-    """Samples/s of a plain PyTorch training loop (Adagrad, ``zero_grad(set_to_none=True)``)."""
+    """Samples/s of a plain PyTorch training loop (Adagrad, ``zero_grad(set_to_none=True)``).
+
+    On the CPU the median over steps; on a GPU, where steps run asynchronously, all measured
+    steps between two synchronisations.
+    """
+    device = batches[0][0].device
     optimizer = torch.optim.Adagrad(model.parameters(), lr=lr)
     model.train()
     stamps = []
     for step in range(warmup + steps + 1):
+        if device.type == "cuda" and step in (warmup, warmup + steps):
+            _sync(device)
         stamps.append(time.perf_counter())
         if step == warmup + steps:
             break
@@ -225,20 +237,34 @@ def plain_loop_rate(
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model, *batch).backward()
         optimizer.step()
+    if device.type == "cuda":
+        return steps * len(batches[0][0]) / (stamps[-1] - stamps[warmup])
     return median_rate(stamps, len(batches[0][0]), warmup)
 
 
 class StepTimer(pl.Callback):
-    """Records when every training batch starts (and when the last one ends)."""
+    """Records when every training batch starts (and when the last one ends); on a GPU it
+    synchronises before the first measured step and at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, warmup: int = 0) -> None:
         self.stamps: list[float] = []
+        self.warmup = warmup
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if len(self.stamps) == self.warmup:
+            _sync(trainer.strategy.root_device)
         self.stamps.append(time.perf_counter())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _sync(trainer.strategy.root_device)
         self.stamps.append(time.perf_counter())
+
+    def rate(self, samples_per_step: int, on_gpu: bool) -> float:
+        """Median samples/s (CPU) or samples/s over all measured steps (GPU)."""
+        if on_gpu:
+            steps = len(self.stamps) - 1 - self.warmup
+            return steps * samples_per_step / (self.stamps[-1] - self.stamps[self.warmup])
+        return median_rate(self.stamps, samples_per_step, self.warmup)
 
 
 class BatchList(torch.utils.data.Dataset):
@@ -265,8 +291,9 @@ def trainer_fit_rate(
     **trainer_kwargs: Any,
 ) -> float:
     """Samples/s of ``Trainer.fit`` (CSV logger in a temporary folder, no checkpoints, no
-    progress bar) on ``loader``: median gap between the starts of consecutive steps."""
-    timer = StepTimer()
+    progress bar) on ``loader``: median gap between the starts of consecutive steps (on a GPU:
+    all measured steps between two synchronisations)."""
+    timer = StepTimer(warmup)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
@@ -282,7 +309,7 @@ def trainer_fit_rate(
             **trainer_kwargs,
         )
         trainer.fit(module, train_dataloaders=loader)
-    return median_rate(timer.stamps, samples_per_step, warmup)
+    return timer.rate(samples_per_step, trainer.strategy.root_device.type == "cuda")
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
