@@ -12,6 +12,8 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from convae_lightning.runs import pid_alive
+
 __all__ = ["AtomicCheckpointIO", "UnwritableFolderError", "check_writable"]
 
 
@@ -40,6 +42,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_partials(target)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             self._write(tmp, buffer.getbuffer())
@@ -54,6 +57,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _remove_dead_partials(target: Path) -> None:
+    """Delete half-written temporary files of ``target`` left by killed processes."""
+    for partial in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = partial.name[len(target.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            partial.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "metric_key",
     "next_version_dir",
     "parse_metric_key",
+    "pid_alive",
     "read_status",
     "unit_stage",
     "write_status",
@@ -302,7 +303,7 @@ class RunRecord:
         """
         status = self.status_record.get("status", "unknown")
         pid, host = self.status_record.get("pid"), self.status_record.get("host")
-        if status == "running" and pid and host == os.uname().nodename and not _alive(int(pid)):
+        if status == "running" and pid and host == os.uname().nodename and not pid_alive(int(pid)):
             return "interrupted"
         return status
 
@@ -374,7 +375,8 @@ def _stem(row: Mapping[str, Any]) -> str | None:
     return Path(name).stem if isinstance(name, str) else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
