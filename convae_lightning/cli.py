@@ -12,6 +12,7 @@ import errno
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ class ConvaeCLI(LightningCLI):
         return self.placement.run_dir if self.placement is not None else None
 
     # ------------------------------------------------------------------------------ parser
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        with warnings.catch_warnings():
+            # In-process use (a sweep runner) passes args while sys.argv holds its own command.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -297,6 +305,14 @@ class ConvaeCLI(LightningCLI):
             hparams_file=None,  # the fit's hparams.yaml stays as it was
             constants={"checkpoint": checkpoint},
         )
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        with warnings.catch_warnings():
+            if subcommand != "fit":
+                # Evaluating a checkpoint needs none of the training callbacks' states.
+                warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+            super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
         self._prepare_run()

@@ -26,6 +26,8 @@ KNOWN_WARNINGS: tuple[str, ...] = (
     r".*does not have many workers which may be a bottleneck",
     # The CLI places every run in its own folder; a resumed run writes into its folder again.
     r"Checkpoint directory .* exists and is not empty",
+    # Lightning 2.6's LightningCLI calls jsonargparse APIs deprecated in jsonargparse 4.49.
+    r"\s*.* was deprecated in v4\.\d+\.\d+ and will be removed in v5",
 )
 
 #: Lines Lightning logs that advertise its cloud products, or report the CLI's own choices.

@@ -73,7 +73,7 @@ class RunPlacement:
     def write_config(self, parser: ArgumentParser) -> None:
         """Save :attr:`config` atomically (a resumed fit replaces the file: it then describes
         the run as it continues, e.g. with a raised ``max_epochs``)."""
-        text = parser.dump(self.config, skip_none=False)
+        text = parser.dump(self.config, skip_unset=False)
         tmp = self.config_file.with_name(f".{self.config_file.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, self.config_file)
