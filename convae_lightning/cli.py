@@ -276,7 +276,7 @@ class ConvaeCLI(LightningCLI):
             return  # other DDP ranks write nothing; rank 0 placed the run
         placement = self.placement
         check_writable(placement.run_dir, "run folder")
-        for callback in self.trainer.callbacks:
+        for callback in self.trainer.callbacks if self.subcommand == "fit" else ():
             if isinstance(callback, ModelCheckpoint) and callback.dirpath:
                 check_writable(callback.dirpath, "checkpoint folder")
         placement.write_config(self._parser(self.subcommand))
@@ -353,7 +353,13 @@ def lightning_main(argv: Sequence[str] | None = None) -> None:
 
 def reconstruct_main(argv: Sequence[str]) -> None:
     """``convae reconstruct CKPT --input ...`` (:mod:`convae_lightning.reconstruct`)."""
-    module = importlib.import_module("convae_lightning.reconstruct")
+    try:
+        module = importlib.import_module("convae_lightning.reconstruct")
+    except ModuleNotFoundError as error:
+        if error.name != "convae_lightning.reconstruct":
+            raise
+        print("error: convae reconstruct is not part of this version", file=sys.stderr)
+        raise SystemExit(2) from None
     _user_errors_as_messages(lambda: module.main(list(argv)))
 
 

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.model_summary import (
 )
 from typing_extensions import override
 
-__all__ = ["QuietModelSummary", "RunProgressBar", "quiet_known_noise"]
+__all__ = ["QuietModelSummary", "RunProgressBar", "quiet_known_noise", "run_folder"]
 
 #: Warnings of dependencies that say nothing a user can act on (message regexes).
 KNOWN_WARNINGS: tuple[str, ...] = (
@@ -61,8 +61,17 @@ class RunProgressBar(RichProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        version = _run_version(trainer.log_dir)
+        version = _run_version(run_folder(trainer))
         return {"v_num": version, **items} if version is not None else items
+
+
+def run_folder(trainer: pl.Trainer) -> str | None:
+    """The run folder as ``trainer.log_dir`` gives it, without its broadcast: this runs on
+    rank 0 only (the progress bar, the prediction writer), and a collective there deadlocks DDP.
+    """
+    if trainer.loggers:
+        return trainer.loggers[0].log_dir
+    return trainer.default_root_dir
 
 
 def _run_version(log_dir: str | None) -> str | None:

@@ -66,9 +66,10 @@ class RunPlacement:
 
     @property
     def config_file(self) -> Path:
-        """``config.yaml`` for a fit; ``{stage}_config.yaml`` for an evaluation."""
-        name = "config.yaml" if self.stage == "fit" else f"{self.stage}_config.yaml"
-        return self.run_dir / name
+        """``config.yaml`` for a fit or a new folder; ``{stage}_config.yaml`` when evaluating a
+        run that exists (its ``config.yaml`` stays the fit's)."""
+        new = self.stage == "fit" or not self.existed
+        return self.run_dir / ("config.yaml" if new else f"{self.stage}_config.yaml")
 
     def write_config(self, parser: ArgumentParser) -> None:
         """Save :attr:`config` atomically (a resumed fit replaces the file: it then describes

@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
+from convae_lightning.console import run_folder
+
 __all__ = ["PredictionWriter"]
 
 
@@ -119,7 +121,7 @@ class PredictionWriter(BasePredictionWriter):
         rate = getattr(datamodule, "sample_rate", None)
         if rate is not None:
             arrays["sample_rate"] = np.asarray(rate)
-        default = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        default = Path(run_folder(trainer) or trainer.default_root_dir) / self.filename
         self._save(arrays, self.path or default)
         self._parts.clear()
 

@@ -259,6 +259,8 @@ class TimitDataModule(pl.LightningDataModule):
         needed["test"] = "test"
         if self.hparams.predict_audio is None:
             needed["predict"] = self.hparams.predict_split
+        elif stage == "predict":
+            self._predict_data()  # read the file now: a bad one fails before anything is written
         split = needed.get(stage or "")
         trainer = getattr(self, "trainer", None)
         if stage == "fit" and trainer is not None and trainer.limit_val_batches == 0:
