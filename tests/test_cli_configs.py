@@ -33,6 +33,9 @@ from cli_helpers import (
 )
 from conftest import TINY
 
+#: Every test here reads real console-script runs (minutes together on 2 cores).
+pytestmark = pytest.mark.slow
+
 #: The order of the presets in the real run: StackGrowth last, for the nested override after it.
 REAL_RUN_PRESETS = (
     "tied_transpose_sync",

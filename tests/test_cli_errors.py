@@ -160,6 +160,7 @@ def test_wrong_value_says_the_allowed_values_first(template, monkeypatch, capsys
 
 
 # --------------------------------------------------------------- the console script itself
+@pytest.mark.slow
 def test_console_script_reports_one_line_and_leaves_nothing(tmp_path, cli_cache):
     """An empty validation split fails before any run folder or W&B run exists."""
     run = run_cli("convae", fit("regular_ae", "--data.val_fraction", "0"), tmp_path, cli_cache)
@@ -169,6 +170,7 @@ def test_console_script_reports_one_line_and_leaves_nothing(tmp_path, cli_cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a folder was left behind"
 
 
+@pytest.mark.slow
 def test_validate_on_test_without_validation_speakers(tmp_path, cli_cache):
     """The thesis protocol: every TRAIN speaker trains, TEST validates."""
     args = fit("regular_ae", "--data.val_fraction", "0", "--data.val_split", "test", *QUIET)
@@ -178,6 +180,7 @@ def test_validate_on_test_without_validation_speakers(tmp_path, cli_cache):
     assert (run.run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_nan_loss_is_one_line_and_a_failed_status(tmp_path, cli_cache):
     args = fit(
         "regular_ae", *QUIET,
@@ -248,6 +251,7 @@ def read_only_runs(template, tmp_path_factory, cli_cache) -> dict:
         return {name: (runs[name], jobs[name][1], snapshot(jobs[name][0])) for name in jobs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(READ_ONLY))
 def test_read_only_folder_fails_before_training(read_only_runs, name):
     """Lightning would train to the end with exit 0 and no checkpoint (its save swallows the
