@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import CONF, RUN_CONFIGS, read_metrics
+from cli_helpers import CONF, read_metrics
 from conftest import TINY
 from lightning.pytorch.callbacks import Callback
 
-from convae_lightning.cli import ConvaeCLI, main
+from convae_lightning.cli import ConvaeCLI
+
+#: Real (tiny) trainings in-process: seconds each alone, but many.
+pytestmark = pytest.mark.slow
 
 CSV = "{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs}}"
 TENSORBOARD = (
@@ -140,11 +143,3 @@ def test_relative_run_folders_follow_the_working_directory(workdir, tmp_path_fac
     assert list((workdir / "runs/regular_ae/version_0/wandb").glob("offline-run-*"))
     assert not (elsewhere / "runs/regular_ae/version_1").exists()
     assert len(list((elsewhere / "runs/regular_ae/version_0/wandb").glob("offline-run-*"))) == 1
-
-
-@pytest.mark.parametrize("name", RUN_CONFIGS)
-def test_print_config_makes_no_run_folder(name, workdir, capsys):
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(CONF / f"{name}.yaml"), "--print_config"])
-    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"]
-    assert not (workdir / "runs").exists()

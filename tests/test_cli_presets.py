@@ -131,3 +131,14 @@ def test_overlays_are_not_run_configs():
         assert "class_path" not in model, path.name
     for name in RUN_CONFIGS:
         assert config_class_path(name).startswith("convae_lightning.models."), name
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_print_config_makes_no_run_folder(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    from convae_lightning.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONF / f"{name}.yaml"), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"]
+    assert not (tmp_path / "runs").exists()

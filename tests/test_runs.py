@@ -130,6 +130,7 @@ def test_checkpoint_run_dir(tmp_path):
     assert checkpoint_run_dir(tmp_path / "model.ckpt") is None
 
 
+@pytest.mark.slow
 def test_find_runs(workdir):
     runs = workdir / "runs"
     expected = [runs / "forward" / "version_0", runs / "weak_stack" / "version_0"]
@@ -160,6 +161,7 @@ def test_a_running_run_whose_process_died_reads_as_interrupted(tmp_path):
 
 
 # -------------------------------------------------------------------------------- records
+@pytest.mark.slow
 def test_record_of_a_cli_run(workdir):
     record = RunRecord.load(workdir / "runs" / "forward" / "version_0")
     assert record.problems == []
@@ -181,6 +183,7 @@ def test_record_of_a_cli_run(workdir):
     assert len(record.checkpoints) == 2  # last and the best by val/acc48_balanced
 
 
+@pytest.mark.slow
 def test_record_reads_evaluations_from_checkpoints(workdir):
     record = RunRecord.load(workdir / "runs" / "forward" / "version_0")
     test = record.evaluation("test")
@@ -195,6 +198,7 @@ def test_record_reads_evaluations_from_checkpoints(workdir):
     assert (record.path / "test_config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_record_of_a_stacked_run(workdir):
     record = RunRecord.load(workdir / "runs" / "weak_stack" / "version_0")
     assert record.checkpoints["last"].active_units == 4
@@ -204,6 +208,7 @@ def test_record_of_a_stacked_run(workdir):
     assert [v for _, v in record.series("val/euclid_balanced_best")] == values
 
 
+@pytest.mark.slow
 def test_record_of_a_broken_run_reports_instead_of_raising(workdir, tmp_path):
     broken = tmp_path / "version_0"
     shutil.copytree(workdir / "runs" / "forward" / "version_0", broken)
