@@ -83,12 +83,13 @@ def test_train_loader_batches(datamodule):
         labels += y.tolist()
     # Stratified: every present class exactly train_per_class times.
     assert Counter(labels) == dict.fromkeys(present, 6)
-    # The batch content is the memmapped rows for the drawn indices.
+    # The batch content is the memmapped rows for the drawn indices, less the training mean.
     sampler = loader.sampler
     first = list(sampler)[:16]
     x, y = next(iter(loader))
     dataset = datamodule.datasets["train"]
-    np.testing.assert_array_equal(x.numpy(), np.asarray(dataset.features)[first])
+    expected = np.asarray(dataset.features)[first] - datamodule.mean_spectrogram
+    np.testing.assert_array_equal(x.numpy(), expected)
     assert y.tolist() == dataset.labels[first].tolist()
 
 
@@ -104,7 +105,8 @@ def test_eval_loaders_are_balanced_then_natural(datamodule, split):
         seen_x.append(x)
         seen_y.append(y)
     assert torch.cat(seen_y).tolist() == dataset.labels.tolist()
-    np.testing.assert_array_equal(torch.cat(seen_x).numpy(), np.asarray(dataset.features))
+    expected = np.asarray(dataset.features) - datamodule.mean_spectrogram
+    np.testing.assert_array_equal(torch.cat(seen_x).numpy(), expected)
     # Balanced: eval_per_class of every class present.
     counts = Counter(torch.cat([y for _, y in balanced]).tolist())
     assert counts == dict.fromkeys(set(dataset.labels.tolist()), 3)
@@ -202,7 +204,17 @@ def test_bad_arguments(tmp_path, kwargs, message):
         TimitDataModule(root=str(tmp_path), **kwargs)
 
 
-def test_loaders_work_as_plain_dataloaders(datamodule):
-    loader = datamodule.val_dataloader()[1]
+def test_loaders_work_as_plain_dataloaders(toy_corpus, tmp_path):
+    # Features kept on disk: plain DataLoaders (held in memory they are TensorBatches with the
+    # same batches, tests/test_data_memory.py).
+    dm = TimitDataModule(
+        root=str(toy_corpus),
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=16,
+        hold_features="disk",
+        progress=False,
+    )
+    dm.setup("fit")
+    loader = dm.val_dataloader()[1]
     assert isinstance(loader, DataLoader) and loader.batch_size == 16
-    assert len(loader) == -(-len(datamodule.datasets["val"]) // 16)
+    assert len(loader) == -(-len(dm.datasets["val"]) // 16)

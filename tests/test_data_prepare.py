@@ -39,7 +39,10 @@ SPLITS = ("train", "val", "test")
 
 
 def load(cache: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    return np.load(cache / f"{split}_x.npy"), np.load(cache / f"{split}_y.npy")
+    """A split's patches as training sees them: the cache keeps them as computed and the
+    training mean is subtracted on load (cache format 3)."""
+    x = np.load(cache / f"{split}_x.npy") - np.load(cache / "mean.npy")
+    return x, np.load(cache / f"{split}_y.npy")
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
@@ -177,6 +180,9 @@ def test_training_mean_is_subtracted_from_every_split(toy_corpus, toy_cache):
         assert len(x) > 0
         np.testing.assert_array_equal(y, labels)
         np.testing.assert_allclose(x, expected - mean, rtol=1e-4, atol=1e-4)
+        # The files themselves hold the patches as computed: no pass rewrites them.
+        stored = np.load(toy_cache / f"{split}_x.npy", mmap_mode="r")
+        np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_every_patch_records_its_utterance_and_span(toy_corpus, toy_cache):

@@ -14,6 +14,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from convae_lightning.data.features import FeatureConfig, Representation, audio_to_patches
+from convae_lightning.data.memory import HOLD_FEATURES, HoldFeatures, TensorBatches, choose_hold
 from convae_lightning.data.phones import PHONES_48
 from convae_lightning.data.prepare import CorpusOptions, build_cache, default_cache_dir
 from convae_lightning.data.sampler import StratifiedResampler
@@ -29,17 +30,24 @@ SPLITS: tuple[str, ...] = get_args(Split)
 
 
 class PatchDataset(Dataset):
-    """Patches of one split, memory-mapped; fetches whole batches at once (``__getitems__``)."""
+    """Patches of one split, memory-mapped; fetches whole batches at once (``__getitems__``).
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
+    The cache stores patches as computed; the training mean (``mean``) is subtracted here, per
+    batch, rather than by rewriting the cache when it is built.
+    """
+
+    def __init__(
+        self, features: np.ndarray, labels: np.ndarray, mean: np.ndarray | None = None
+    ) -> None:
         self.features = features
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.mean = mean
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(np.array(self.features[index])), self.labels[index]
+        return self.__getitems__([index])[0][0], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # One fancy-indexing read per batch instead of one per sample (sorted for locality).
@@ -47,7 +55,16 @@ class PatchDataset(Dataset):
         sorted_idx = np.asarray(indices)[order]
         batch = np.empty((len(indices), *self.features.shape[1:]), dtype=np.float32)
         batch[order] = self.features[sorted_idx]
+        if self.mean is not None:
+            batch -= self.mean
         return torch.from_numpy(batch), self.labels[torch.as_tensor(indices)]
+
+    def load(self) -> torch.Tensor:
+        """All patches in RAM, mean subtracted: what ``hold_features: memory`` trains on."""
+        features = torch.from_numpy(np.array(self.features, dtype=np.float32))
+        if self.mean is not None:
+            features -= torch.from_numpy(self.mean)
+        return features
 
 
 class IndexedPatches(Dataset):
@@ -114,8 +131,14 @@ class TimitDataModule(pl.LightningDataModule):
         val_split: split the validation loaders read: ``val``; ``train`` or ``test`` evaluate an
             (untrained) model on those splits with ``lightning validate``.
         batch_size: examples per batch.
-        num_workers: dataloader workers; ``None`` picks 0 on CPU (batches are single memmap reads,
-            workers would only compete with training for the cores) and 4 with a GPU.
+        num_workers: dataloader workers when the features stay on disk; ``None`` picks 0 on CPU
+            (batches are single memmap reads, workers would only compete with training for the
+            cores) and 4 with a GPU.
+        hold_features: where training and evaluation read the features: ``disk`` (the
+            memory-mapped cache, one read per batch), ``memory`` (loaded into RAM), ``device``
+            (on the trainer's accelerator: batches never cross the bus) or ``auto`` (the
+            accelerator, else RAM, wherever they take at most a quarter of the free memory,
+            else the disk). The batches are the same whichever is chosen.
         predict_split: split whose phones ``convae predict`` runs on (every phone once, in cache
             order).
         predict_audio: an audio file ``convae predict`` runs on instead: resampled to
@@ -149,6 +172,7 @@ class TimitDataModule(pl.LightningDataModule):
         val_split: Split = "val",
         batch_size: int = 256,
         num_workers: int | None = None,
+        hold_features: HoldFeatures = "auto",
         predict_split: Split = "test",
         predict_audio: str | None = None,
         on_error: OnError = "raise",
@@ -164,6 +188,10 @@ class TimitDataModule(pl.LightningDataModule):
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if hold_features not in HOLD_FEATURES:
+            raise ValueError(
+                f"hold_features must be one of {list(HOLD_FEATURES)}, got {hold_features!r}"
+            )
         for name, value in (("val_split", val_split), ("predict_split", predict_split)):
             if value not in SPLITS:
                 raise ValueError(f"{name} must be one of {list(SPLITS)}, got {value!r}")
@@ -203,6 +231,8 @@ class TimitDataModule(pl.LightningDataModule):
         self.meta: dict = {}
         self.datasets: dict[str, PatchDataset] = {}
         self.mean_spectrogram: np.ndarray | None = None
+        # Splits held in RAM or on the accelerator (hold_features): features and labels.
+        self._held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._predict_set: tuple[Dataset, dict[str, np.ndarray]] | None = None
 
     @property
@@ -271,7 +301,7 @@ class TimitDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             features = np.load(self.cache_path / f"{split}_x.npy", mmap_mode="r")
             labels = np.load(self.cache_path / f"{split}_y.npy")
-            self.datasets[split] = PatchDataset(features, labels)
+            self.datasets[split] = PatchDataset(features, labels, self.mean_spectrogram)
         for split, dataset in self.datasets.items():
             if len(dataset) == 0 and split != "val":
                 log.warning("the %s split of %s holds no phones", split, self.root)
@@ -309,7 +339,14 @@ class TimitDataModule(pl.LightningDataModule):
         x, y = dataset.__getitems__(indices)
         return x, [self.class_names[int(c)] for c in y]
 
-    def _loader(self, split: str | Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:
+    def _loader(
+        self, split: str | Dataset, sampler: torch.utils.data.Sampler
+    ) -> DataLoader | TensorBatches:
+        if isinstance(split, str) and self._hold() != "disk":
+            features, labels = self._held_split(split)
+            return TensorBatches(
+                features, labels, sampler, self.hparams.batch_size, dataset=self.datasets[split]
+            )
         workers = self.hparams.num_workers
         on_gpu = torch.cuda.is_available() and self._trainer_on_gpu()
         if workers is None:
@@ -326,6 +363,28 @@ class TimitDataModule(pl.LightningDataModule):
             pin_memory=on_gpu,
             persistent_workers=workers > 0,
         )
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _hold(self) -> str:
+        """Where the features of the splits in use live (``hold_features`` resolved)."""
+        trainer = getattr(self, "trainer", None)
+        processes = trainer.num_devices if trainer is not None else 1
+        needed = {"train", self.hparams.val_split, "test"}
+        num_bytes = sum(self.datasets[s].features.nbytes for s in needed)
+        return choose_hold(self.hparams.hold_features, num_bytes, self._device(), processes)
+
+    def _held_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's features (mean subtracted) and labels in RAM or on the device, loaded once."""
+        device = self._device() if self._hold() == "device" else torch.device("cpu")
+        held = self._held.get(split)
+        if held is None or held[0].device != device:
+            dataset = self.datasets[split]
+            held = (dataset.load().to(device), dataset.labels.to(device))
+            self._held[split] = held
+        return held
 
     def _trainer_on_gpu(self) -> bool:
         trainer = getattr(self, "trainer", None)
@@ -348,11 +407,11 @@ class TimitDataModule(pl.LightningDataModule):
         if not self.datasets:
             raise RuntimeError("call setup() before requesting dataloaders")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | TensorBatches:
         self._require_setup()
         return self._loader("train", self._resampler("train", self.hparams.train_per_class, 0))
 
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
+    def _eval_loaders(self, split: str) -> list[DataLoader | TensorBatches]:
         self._require_setup()
         loaders = []
         for view in self.eval_views:
@@ -363,10 +422,10 @@ class TimitDataModule(pl.LightningDataModule):
             loaders.append(self._loader(split, sampler))
         return loaders
 
-    def val_dataloader(self) -> list[DataLoader]:
+    def val_dataloader(self) -> list[DataLoader | TensorBatches]:
         return self._eval_loaders(self.hparams.val_split)
 
-    def test_dataloader(self) -> list[DataLoader]:
+    def test_dataloader(self) -> list[DataLoader | TensorBatches]:
         return self._eval_loaders("test")
 
     def predict_dataloader(self) -> DataLoader:

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever the cache's contents change meaning; part of every cache key.
 #: 2: ``{split}_utt.npy``/``{split}_span.npy`` and ``meta.json["utterances"]``; ``skipped.tsv``.
-CACHE_FORMAT_VERSION = 2
+#: 3: ``{split}_x.npy`` keep the training mean (the DataModule subtracts ``mean.npy`` on load).
+CACHE_FORMAT_VERSION = 3
 
 
 def corpus_key(
@@ -110,10 +111,6 @@ class _NpyRows:
         data = memoryview(np.ascontiguousarray(rows, dtype="<f4")).cast("B")  # no extra copy
         os.pwrite(self.fd, data, self.offset + first_row * self.row_bytes)
 
-    def read(self, first_row: int, count: int) -> np.ndarray:
-        data = os.pread(self.fd, count * self.row_bytes, self.offset + first_row * self.row_bytes)
-        return np.frombuffer(data, dtype="<f4").reshape(-1, *self.shape[1:]).copy()
-
     def close(self) -> None:
         os.fsync(self.fd)
         os.close(self.fd)
@@ -128,7 +125,6 @@ class _PatchWriter:
         extractor: PatchExtractor,
         segment_length: int,
         batch_size: int,
-        mean: np.ndarray | None,
     ) -> None:
         self.out = out
         self.extractor = extractor
@@ -138,7 +134,6 @@ class _PatchWriter:
         self.buffer = np.zeros((batch_size, segment_length + 2 * self.pad), dtype=np.float32)
         self.filled = 0
         self.written = 0
-        self.mean = mean
         self.total = np.zeros(out.shape[1:], dtype=np.float64)
 
     def add(self, audio: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
@@ -167,10 +162,7 @@ class _PatchWriter:
         batch = torch.from_numpy(self.buffer[: self.filled])
         patches = self.extractor(batch, prepadded=True)
         self.total += patches.sum(0, dtype=torch.float64).numpy()
-        patches = patches.numpy()
-        if self.mean is not None:
-            patches -= self.mean
-        self.out.write(self.written, patches)
+        self.out.write(self.written, patches.numpy())
         self.written += self.filled
         self.filled = 0
 
@@ -197,7 +189,9 @@ def build_cache(
 ) -> Path:
     """Build (or find) the feature cache of a corpus and return its folder.
 
-    The folder holds, per split, ``{split}_x.npy`` (float32 ``(N, C, F, T)``, mean removed),
+    The folder holds, per split, ``{split}_x.npy`` (float32 ``(N, C, F, T)``, as computed: the
+    training mean is subtracted on load, by the DataModule, which spares a second pass that
+    would rewrite the training split),
     ``{split}_y.npy`` (int64 class ids), ``{split}_speaker.npy`` (int32 index into
     ``meta.json["speakers"]``), ``{split}_utt.npy`` (int32 index into ``meta.json["utterances"]``,
     ids such as ``train/DR1/FCJF0/SI1027``) and ``{split}_span.npy`` (int64 ``(N, 2)``: the phone's
@@ -258,7 +252,7 @@ def _write_features(
     utterance_id = {u: i for i, u in enumerate(utterances)}
     mean: np.ndarray | None = None
     with _progress(progress) as bar:
-        for split in SPLITS:  # train first: its mean is subtracted from every split
+        for split in SPLITS:
             items = index.splits[split]
             count = plan.kept[split]
             x = _NpyRows(out_dir / f"{split}_x.npy", (count, *shape))
@@ -268,7 +262,7 @@ def _write_features(
                 "utt": np.empty(count, dtype=np.int32),
                 "span": np.empty((count, 2), dtype=np.int64),
             }
-            writer = _PatchWriter(x, extractor, plan.segment_length, batch_size, mean)
+            writer = _PatchWriter(x, extractor, plan.segment_length, batch_size)
             task = bar.add_task(f"features {split}", total=len(items))
             for item, audio, rate in _prefetch(items):
                 if rate != features.sample_rate:
@@ -287,8 +281,6 @@ def _write_features(
             writer.flush()
             if split == "train":
                 mean = (writer.total / max(count, 1)).astype(np.float32)
-                for begin in range(0, count, batch_size):
-                    x.write(begin, x.read(begin, min(batch_size, count - begin)) - mean)
             x.close()
             for name, values in rows.items():
                 np.save(out_dir / f"{split}_{name}.npy", values)
