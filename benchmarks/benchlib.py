@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from convae_lightning.allocator import is_tuned
+
 #: A register-only FMA loop: ``CHAINS`` independent accumulators hide the FMA latency, so the
 #: loop runs at the core's FMA throughput. Compiled at run time for the widest vectors the CPU has.
 FMA_KERNEL = r"""
@@ -81,8 +83,8 @@ int main(int argc, char **argv) {
 """
 
 #: glibc settings that keep large temporaries in the heap instead of returning them to the OS
-#: after every step (cpu-performance-notes.md). The console scripts set them for users
-#: (``convae_lightning.cli``); benchmarks report whether they were set.
+#: after every step (cpu-performance-notes.md). The console scripts apply the equivalent
+#: ``mallopt`` settings for users (``convae_lightning.allocator``), and so do the benchmarks.
 TUNED_MALLOC_VARIABLES = (
     "MALLOC_MMAP_THRESHOLD_",
     "MALLOC_TRIM_THRESHOLD_",
@@ -173,7 +175,7 @@ def training_flops(model: nn.Module, loss_fn: Callable, batch: Sequence[Tensor])
 
 def machine() -> str:
     """One line naming the machine, torch and the allocator settings."""
-    tuned = all(v in os.environ for v in TUNED_MALLOC_VARIABLES)
+    tuned = is_tuned() or all(v in os.environ for v in TUNED_MALLOC_VARIABLES)
     try:
         load = "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:

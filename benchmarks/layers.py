@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
+from convae_lightning.allocator import tune_malloc
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
 
 #: name -> (builder of our model, builder of the plain one, loss)
@@ -174,6 +175,7 @@ def main(
     """
     if smoke:
         batch_size, steps, warmup = 4, 1, 0
+    tune_malloc()  # as the console scripts do
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     emit(f"machine: {machine()}")

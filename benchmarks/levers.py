@@ -38,6 +38,7 @@ from benchlib import TUNED_MALLOC_VARIABLES, cpu_flags, emit, machine, table
 from jsonargparse import CLI
 from torch import Tensor
 
+from convae_lightning.allocator import tune_malloc
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
 from convae_lightning.models.base import default_optimizer
 from convae_lightning.nn import (
@@ -291,6 +292,9 @@ def lever_bf16(batch: int, repeats: int) -> list[tuple]:
 MALLOC_CHILD = """
 import sys, time, statistics, torch
 sys.path.insert(0, sys.argv[1])
+if sys.argv[6] == "mallopt":
+    from convae_lightning.allocator import tune_malloc
+    assert tune_malloc()
 torch.set_num_threads(int(sys.argv[2]))
 from levers import _step_fn, _models, timed
 build = _models()[sys.argv[3]]
@@ -300,11 +304,16 @@ print(timed(_step_fn(build(), int(sys.argv[4])), int(sys.argv[5])))
 
 def lever_malloc(batch: int, repeats: int) -> list[tuple]:
     here = str(Path(__file__).parent)
-    base_env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    variants = (
+        ("glibc defaults", base_env, "none"),
+        ("MALLOC_*_ variables (notes)", {**base_env, **TUNED_MALLOC}, "none"),
+        ("mallopt at start-up (the console scripts)", base_env, "mallopt"),
+    )
     rows = []
     for name in _models():
         times = {}
-        for label, env in (("glibc defaults", base_env), ("tuned", {**base_env, **TUNED_MALLOC})):
+        for label, env, mode in variants:
             out = subprocess.run(
                 [
                     sys.executable,
@@ -315,6 +324,7 @@ def lever_malloc(batch: int, repeats: int) -> list[tuple]:
                     name,
                     str(batch),
                     str(repeats),
+                    mode,
                 ],
                 env=env,
                 capture_output=True,
@@ -363,6 +373,7 @@ def main(
     unknown = [name for name in levers if name not in LEVERS]
     if unknown:
         raise ValueError(f"levers: {unknown} not among {list(LEVERS)}")
+    tune_malloc()  # as the console scripts do
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     emit(f"machine: {machine()}")

@@ -43,6 +43,7 @@ from plain_models import PlainAutoencoder, PlainForward, classifier_loss, recons
 from torch import nn
 from torch.utils.data import DataLoader
 
+from convae_lightning.allocator import tune_malloc
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
 
 #: name -> (our module, the plain model, loss of the plain loop)
@@ -156,6 +157,7 @@ def main(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"models: {unknown} not among {list(MODELS)}")
+    tune_malloc()  # as the console scripts do
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*log_every_n_steps.*")

@@ -26,6 +26,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from convae_lightning.allocator import tune_malloc
 from convae_lightning.callbacks import StackGrowth
 from convae_lightning.checkpointing import AtomicCheckpointIO, check_writable
 from convae_lightning.console import QuietModelSummary, RunProgressBar, quiet_known_noise
@@ -354,6 +355,7 @@ _ROOT_FIRST = ("stats", "prepare", "stft-quality")
 
 def data_main(argv: Sequence[str] | None = None) -> None:
     """``convae data {stats,prepare,synth,stft-quality}``; all but ``synth`` take ROOT first."""
+    tune_malloc()
     args = list(sys.argv[1:] if argv is None else argv)
     # jsonargparse has no optional positionals: `convae data stats ROOT` means `--root ROOT`.
     if len(args) >= 2 and args[0] in _ROOT_FIRST and not args[1].startswith("-"):
@@ -363,6 +365,7 @@ def data_main(argv: Sequence[str] | None = None) -> None:
 
 def lightning_main(argv: Sequence[str] | None = None) -> None:
     """``lightning {fit,validate,test,predict} --config conf/X.yaml``."""
+    tune_malloc()
     # args=None lets LightningCLI read sys.argv itself (passing both makes it warn).
     args = list(argv) if argv is not None else None
     _user_errors_as_messages(lambda: ConvaeCLI(args=args))
@@ -382,7 +385,11 @@ def reconstruct_main(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``convae data ...`` for corpus tools, ``convae reconstruct ...``, and
-    ``convae fit|validate|test|predict ...`` for runs."""
+    ``convae fit|validate|test|predict ...`` for runs.
+
+    Every entry point first tunes glibc's allocator for training (``allocator.tune_malloc``).
+    """
+    tune_malloc()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "data":
         data_main(args[1:])
