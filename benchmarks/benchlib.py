@@ -293,8 +293,8 @@ def trainer_fit_rate(
     **trainer_kwargs: Any,
 ) -> float:
     """Samples/s of ``Trainer.fit`` (CSV logger in a temporary folder, no checkpoints, no
-    progress bar) on ``loader``: median gap between the starts of consecutive steps (on a GPU:
-    all measured steps between two synchronisations)."""
+    progress bar) on ``loader`` (a training loader or a DataModule): median gap between the
+    starts of consecutive steps (on a GPU: all steps between two synchronisations)."""
     timer = StepTimer(warmup)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
@@ -310,7 +310,10 @@ def trainer_fit_rate(
             callbacks=[timer],
             **trainer_kwargs,
         )
-        trainer.fit(module, train_dataloaders=loader)
+        if isinstance(loader, pl.LightningDataModule):
+            trainer.fit(module, datamodule=loader)
+        else:
+            trainer.fit(module, train_dataloaders=loader)
     return timer.rate(samples_per_step, trainer.strategy.root_device.type == "cuda")
 
 
@@ -325,6 +328,23 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def quiet() -> None:
+    """Silence what Lightning and the DataModule say on every fit (tips, devices, logging
+    intervals, classes absent from a small corpus): a benchmark prints tables."""
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "convae_lightning.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*log_every_n_steps.*",
+        ".*LeafSpec.*",
+        ".*no `val_dataloader`.*",
+        ".*smaller than the logging interval.*",
+    ):
+        warnings.filterwarnings("ignore", pattern)
 
 
 def emit(text: str) -> None:

@@ -8,11 +8,14 @@ all features at float32.
 
     python benchmarks/preprocess.py                 # toy corpus, ~1-2 minutes
     python benchmarks/preprocess.py --corpus festival   # >= 50,000 phones of Festival speech
+    python benchmarks/preprocess.py --smoke true    # seconds, for CI (no timing meaning)
+
+The cold build runs as ``convae data prepare`` does, with the allocator tuned
+(``convae_lightning.allocator``), and once more with glibc's defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,10 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jsonargparse import CLI
 
 CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
+if sys.argv[3] == "tuned":
+    from convae_lightning.allocator import tune_malloc
+    tune_malloc()  # what the console scripts (convae data prepare) do first
 from convae_lightning.data import TimitDataModule
 imported = time.perf_counter()
 imported_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -50,19 +57,14 @@ print(json.dumps({
 """
 
 
-#: glibc settings that stop large temporaries going back to the OS every batch
-#: (cpu-performance-notes.md); they must be set before the process starts.
-TUNED_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": "4294967296",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "536870912",
-}
-
-
-def run_child(code: str, *args: str, tuned_malloc: bool = False) -> str:
-    env = {**os.environ, **(TUNED_MALLOC if tuned_malloc else {})}
+def run_child(code: str, *args: str, tuned_malloc: bool = True) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
+        [sys.executable, "-c", code, *args, "tuned" if tuned_malloc else "default"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return out.stdout.strip().splitlines()[-1]
 
@@ -105,36 +107,50 @@ def make_corpus(kind: str, root: Path, speakers: int, sentences: int, seed: int)
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", choices=["toy", "festival"], default="toy")
-    parser.add_argument("--speakers", type=int, default=80)
-    parser.add_argument("--sentences", type=int, default=17)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preprocess.json"))
-    args = parser.parse_args()
+def main(
+    corpus: str = "toy",
+    speakers: int = 80,
+    sentences: int = 17,
+    seed: int = 0,
+    smoke: bool = False,
+    out: Path | None = None,
+) -> dict:
+    """Build the cache cold (default and tuned malloc), load it cached, print the results.
 
+    Args:
+        corpus: ``toy`` (synthetic tones) or ``festival`` (>= 50,000 phones of Festival speech).
+        speakers: Toy corpus speakers (80 % TRAIN).
+        sentences: Toy sentences per speaker (38 phones each).
+        seed: Corpus seed.
+        smoke: A seconds-long run on a 4-speaker toy corpus (no timing meaning).
+        out: Write the results as JSON here (default ``$OUT/preprocess.json`` when ``$OUT`` is
+            set, else ``benchmarks/out/preprocess.json``).
+    """
+    if corpus not in ("toy", "festival"):
+        raise ValueError(f"corpus must be 'toy' or 'festival', got {corpus!r}")
+    if smoke:
+        corpus, speakers, sentences = "toy", 4, 2
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "corpus", Path(tmp) / "cache"
-        gen_seconds = make_corpus(args.corpus, root, args.speakers, args.sentences, args.seed)
+        gen_seconds = make_corpus(corpus, root, speakers, sentences, seed)
         cold = json.loads(run_child(CHILD, str(root), str(cache)))
         cached = json.loads(run_child(CHILD, str(root), str(cache)))
         shutil.rmtree(cache)
-        cold_tuned = json.loads(run_child(CHILD, str(root), str(cache), tuned_malloc=True))
+        cold_default = json.loads(run_child(CHILD, str(root), str(cache), tuned_malloc=False))
     shape = cold["input_shape"]
     feature_mb = cold["kept"] * int(np.prod(shape)) * 4 / 2**20
     segment_length = 272 + (shape[-1] - 1) * 152
     stft = stft_baseline(segment_length)
     result = {
-        "corpus": args.corpus,
+        "corpus": corpus,
         "phones": cold["phones"],
         "patches": cold["kept"],
         "input_shape": shape,
         "corpus_generation_s": round(gen_seconds, 1),
         "cold_s": round(cold["seconds"], 2),
         "cold_phones_per_s": round(cold["phones"] / cold["seconds"]),
-        "cold_tuned_malloc_s": round(cold_tuned["seconds"], 2),
-        "cold_tuned_malloc_phones_per_s": round(cold["phones"] / cold_tuned["seconds"]),
+        "cold_default_malloc_s": round(cold_default["seconds"], 2),
+        "cold_default_malloc_phones_per_s": round(cold["phones"] / cold_default["seconds"]),
         "cached_s": round(cached["seconds"], 3),
         "cached_phones_per_s": round(cached["phones"] / cached["seconds"]),
         "stft_only_segments_per_s": round(stft),
@@ -148,13 +164,19 @@ def main() -> None:
             (cold["peak_rss_mb"] - cold["imported_rss_mb"]) / feature_mb, 3
         ),
         "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    if out is None:
+        folder = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path("benchmarks/out")
+        out = folder / "preprocess.json"
+    if not smoke or os.environ.get("OUT"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    CLI(main, as_positional=False)

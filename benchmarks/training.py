@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import statistics
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from benchlib import (
     fma_limit,
     machine,
     plain_loop_rate,
+    quiet,
     table,
     trainer_fit_rate,
     training_flops,
@@ -158,11 +158,8 @@ def main(
     if unknown:
         raise ValueError(f"models: {unknown} not among {list(MODELS)}")
     tune_malloc()  # as the console scripts do
+    quiet()
     torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
     emit(f"machine: {machine()}")
     limit = fma_limit(threads, seconds=0.05 if smoke else 0.5)
     emit(f"FMA limit: {limit.gflops:,.0f} GFLOP/s ({limit.method})")
