@@ -23,6 +23,7 @@ from convae_lightning.sweeps.trial import TrialCLI
 
 __all__ = ["check_spec", "condense_error"]
 
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(.*)\]")
 #: Lines of jsonargparse's union-type reports that carry no information for the user.
 _NOISE = (
@@ -76,19 +77,36 @@ def _problem(parts: Sequence[tuple[str, list[str]]]) -> str | None:
 def _blame(
     spec: SweepSpec, params: Mapping[str, Any], parts: Sequence[tuple[str, list]]
 ) -> SpecError:
-    """The first spec key whose arguments make the run unbuildable, with the reason."""
-    for end in range(1, len(parts) + 1):
-        problem = _problem(parts[:end])
-        if problem is None:
-            continue
-        label = parts[end - 1][0]
-        if label.startswith("space.") and not _unknown_key(problem):
-            value = format_value(params[label.removeprefix("space.")])
-            return SpecError(spec.path, label, f"value {value} rejected: {problem}")
-        if label == "arguments after --":
-            return SpecError(spec.path, "", f"arguments after --: {problem}")
-        return SpecError(spec.path, label, problem)
-    return SpecError(spec.path, "space", f"condition {dict(params)} rejected: {problem}")
+    """The first spec key whose arguments make the run unbuildable, with the reason.
+
+    Bisects over prefixes of the labelled arguments (a few builds, not one per key).
+    """
+    good, bad = 0, len(parts)
+    problem = _problem(parts)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        found = _problem(parts[:middle])
+        if found is None:
+            good = middle
+        else:
+            bad, problem = middle, found
+    label = parts[bad - 1][0]
+    problem = _strip_inner_key(problem or "rejected by the CLI", label)
+    if label.startswith("space.") and not _unknown_key(problem):
+        value = format_value(params[label.removeprefix("space.")])
+        return SpecError(spec.path, label, f"value {value} rejected: {problem}")
+    if label == "arguments after --":
+        return SpecError(spec.path, "", f"arguments after --: {problem}")
+    return SpecError(spec.path, label, problem)
+
+
+def _strip_inner_key(problem: str, label: str) -> str:
+    """``model: ...`` or ``unpool: ...`` add nothing after ``space.model.init_args.unpool``."""
+    inner, sep, rest = problem.partition(": ")
+    key = label.partition(".")[2]
+    if sep and " " not in inner and (key.endswith(inner) or key.startswith(f"{inner}.")):
+        return rest
+    return problem
 
 
 def _unknown_key(problem: str) -> bool:
@@ -96,16 +114,24 @@ def _unknown_key(problem: str) -> bool:
 
 
 def condense_error(error: BaseException) -> str:
-    """jsonargparse's nested union report -> the lines that say what is wrong, on one line."""
-    lines = []
+    """jsonargparse's nested union report -> the lines that say what is wrong, on one line.
+
+    The innermost ``Parser key "..."`` names the argument; the other structure lines go.
+    """
+    lines, key = [], None
     for raw in str(error).splitlines():
         line = raw.strip().removeprefix("- ").strip()
+        named = _PARSER_KEY.match(line)
+        if named:
+            key = named[1]
         line = _LITERAL.sub(r"expected one of [\1]", line)
         if "is not accepted" in line:
             line = f"unknown config key: {line}"
         if line and not line.startswith(_NOISE) and line not in lines:
             lines.append(line)
     text = "; ".join(lines) or type(error).__name__
+    if key and key not in text:
+        text = f"{key}: {text}"
     return text if len(text) <= 400 else text[:397] + "..."
 
 

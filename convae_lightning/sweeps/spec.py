@@ -286,7 +286,7 @@ class _Parser:
             raise self.fail(str(unknown[0]), f"unknown spec key; allowed: {list(TOP_LEVEL_KEYS)}")
         space, choices = self.space(data.get("space"))
         config = self.config_files("config", data.get("config"), required=False)
-        if config and CONFIG_KEY in choices:
+        if config and choices:
             raise self.fail("config", "give the base config here or as space.config, not both")
         if not config and not choices:
             raise self.fail("config", "missing: name the base config file(s) (conf/*.yaml)")

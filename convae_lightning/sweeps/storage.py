@@ -109,7 +109,10 @@ def open_storage(
         path = Path(url)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            # Absolute: Optuna's lock is a symlink to this path, resolved from the link's own
+            # folder; a relative target dangles, and then a lock left by a killed worker is
+            # never released after its grace period.
+            return JournalStorage(JournalFileBackend(str(path.resolve())))
         except OSError as error:
             raise StorageError(f"storage {shown}: cannot open the journal file: {error}") from None
     sqlite = sqlite_path(url)
