@@ -3,14 +3,11 @@ the checks that run every condition through the CLI's parser before any trial.""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from conftest import cli_env
 from sweep_helpers import CONF, REPO, write_spec
 
@@ -317,9 +314,3 @@ def test_bad_spec_exits_2_with_one_line(tmp_path, capsys):
     assert caught.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {path}: space: empty: name at least one CLI key to vary"
-    assert json.dumps(err)  # one line, printable
-
-
-def test_spec_yaml_written_by_helper_round_trips(tmp_path):
-    path = write_spec(tmp_path)
-    assert yaml.safe_load(Path(path).read_text())["config"] == REGULAR

@@ -209,3 +209,25 @@ def test_storage_url_in_a_study_folder_is_what_optuna_reads(workdir):
     assert sweep_command(path, trial_function=cheap_trial()) == 0
     summaries = optuna.get_all_study_summaries("sqlite:///runs/study/study.db")
     assert [s.study_name for s in summaries] == ["study"] and summaries[0].n_trials == 2
+
+
+def test_worker_liveness_sees_dead_zombie_reused_and_foreign_pids():
+    import subprocess
+    import sys
+
+    from convae_lightning.sweeps.liveness import WorkerIdentity, process_start_ticks
+
+    me = WorkerIdentity.current()
+    assert me.is_dead() is False
+    assert WorkerIdentity(me.pid, me.host, (me.started or 0) + 1).is_dead() is True  # pid reused
+    assert WorkerIdentity(me.pid, "another-machine", me.started).is_dead() is None
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    started = process_start_ticks(child.pid)
+    worker = WorkerIdentity.from_attrs(
+        {"worker": f"{child.pid}@{me.host}", "worker_started": started}
+    )
+    assert worker.is_dead() is False
+    wait_for(lambda: worker.is_dead(), timeout=60, what="the exited child to read as dead")
+    assert child.poll() is not None  # dead while still a zombie, and after being reaped
+    assert worker.is_dead() is True
+    assert WorkerIdentity.from_attrs({"worker": "not-a-worker"}) is None

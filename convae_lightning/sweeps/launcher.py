@@ -77,7 +77,8 @@ def run_local_workers(
                 on_trial(trial)
 
     try:
-        while any(process.poll() is None for process, _ in processes):
+        # poll() every worker (it also reaps a dead one: a zombie's pid still looks alive)
+        while [process.poll() for process, _ in processes].count(None):
             report()
             time.sleep(REPORT_EVERY_S)
     except KeyboardInterrupt:

@@ -35,16 +35,20 @@ log = logging.getLogger(__name__)
 #: A RUNNING trial with no worker recorded this long after its start was orphaned by a worker
 #: that died between claiming it and writing its identity (milliseconds apart).
 ORPHAN_AFTER_S = 120.0
+#: Linux's /proc gives process states and start times; elsewhere only "does the pid exist".
+_HAS_PROC = Path("/proc/self/stat").exists()
 
 
 def process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), ``None`` elsewhere/gone."""
+    """The process's start time in clock ticks since boot (Linux); ``None`` where the process
+    is gone, a zombie (dead, not yet reaped by its parent), or ``/proc`` is absent."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 2 (the command) may hold spaces and parentheses: split after its closing one.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,12 @@ class WorkerIdentity:
         """``True``/``False`` for a worker of this host; ``None`` (unknown) for other hosts."""
         if self.host != socket.gethostname():
             return None
+        if not _HAS_PROC:
+            return not _pid_exists(self.pid)
         started = process_start_ticks(self.pid)
         if started is None:
-            return not _pid_exists(self.pid)
-        return self.started is not None and started != self.started
+            return True  # gone, or a zombie
+        return self.started is not None and started != self.started  # a reused pid
 
 
 def _pid_exists(pid: int) -> bool:

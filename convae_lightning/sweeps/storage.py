@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,15 +130,33 @@ def open_storage(
             heartbeat_stale_trial_callback=on_stale,
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, **kwargs)
+        return _open_rdb(url, kwargs)
     except ModuleNotFoundError as error:
         hint = " (pip install psycopg2-binary)" if "psycopg" in str(error) else ""
         raise StorageError(f"storage {shown}: driver missing: {error}{hint}") from None
     except Exception as error:  # SQLAlchemy's errors (connection, URL, dialect) and Optuna's
         reason = " ".join(str(getattr(error, "orig", None) or error).split())
         raise StorageError(f"storage {shown}: cannot connect: {reason[:300]}") from None
+
+
+def _open_rdb(url: str, kwargs: dict[str, Any], attempts: int = 5) -> RDBStorage:
+    """``RDBStorage(url)``, again when another process created the tables at the same moment.
+
+    Two machines starting on an empty PostgreSQL database both create Optuna's schema; one
+    of them fails on a duplicate type or table ("already exists"), and then finds it made.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

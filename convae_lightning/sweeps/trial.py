@@ -8,8 +8,10 @@ everything without fitting.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,8 @@ class TrialCLI(ConvaeCLI):
             elif class_path.endswith("WandbLogger") and self.sweep_wandb:
                 for key, value in self.sweep_wandb.items():
                     init_args[key] = value
-                init_args["config"] = flatten_config(config.clone().as_dict())
+                flat = flatten_config(config.clone().as_dict())
+                init_args["config"] = {key: _jsonable(value) for key, value in flat.items()}
 
     @override
     def _run_subcommand(self, subcommand: str) -> None:
@@ -144,12 +147,16 @@ def fit_trial(context: TrialContext) -> TrialResult:
         callbacks.append(PyTorchLightningPruningCallback(trial, monitor=metric))
     args = fit_args(spec, context.params, sweep.extra_args)
     trial.set_user_attr("fit_args", args)
-    cli = TrialCLI(
-        args=args,
-        run_dir=context.run_dir,
-        wandb=trial_wandb(sweep.study_name, trial.number, context.params),
-        trainer_defaults={"callbacks": callbacks},
-    )
+    with warnings.catch_warnings():
+        # The sweep's own command line is not the trial's: LightningCLI's warning about both
+        # being given does not apply.
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        cli = TrialCLI(
+            args=args,
+            run_dir=context.run_dir,
+            wandb=trial_wandb(sweep.study_name, trial.number, context.params),
+            trainer_defaults={"callbacks": callbacks},
+        )
     if not trace.values:
         raise ObjectiveMissingError(
             f"objective.metric {metric!r} was never logged; logged keys: {trace.logged}"
@@ -161,6 +168,15 @@ def fit_trial(context: TrialContext) -> TrialResult:
     value = best if spec.objective.value == "best" else final
     attrs = {"metric_final": final, "metric_best": best, "epochs": cli.trainer.current_epoch}
     return TrialResult(value=value, attrs=attrs)
+
+
+def _jsonable(value: Any) -> Any:
+    """Config values W&B can store: config file paths (jsonargparse ``Path``) as strings."""
+    try:
+        json.dumps(value)
+    except TypeError:
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+    return value
 
 
 def _logged(cli: ConvaeCLI, key: str) -> float | None:
