@@ -103,6 +103,59 @@ def start_worker(
     )
 
 
+#: Six conditions that every model accepts (checks run them through the CLI's parser).
+SPACE: dict[str, list] = {
+    "model.init_args.unpool": ["switch", "blind"],
+    "data.batch_size": [8, 16, 32],
+}
+
+
+def two_workers_share_a_grid(folder: Path, storage: str, name: str = "study") -> optuna.Study:
+    """Two cheap worker processes that plan at the same moment (racing for the planning lock)
+    and claim concurrently; checks that the grid is complete, once, and both did work."""
+    from convae_lightning.sweeps.space import grid_runs
+    from convae_lightning.sweeps.spec import load_spec
+
+    path = write_spec(folder, name, space=SPACE, seeds=[0, 1])
+    options = {"sleep": 0.3, "barrier": str(folder / "barrier"), "parties": 2}
+    workers = [start_worker(path, storage, folder, **options) for _ in range(2)]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, output
+    study = load(storage, name)
+    assert complete_keys(study) == sorted(run.key for run in grid_runs(load_spec(path)))
+    assert len(study.trials) == 12  # one trial per run: none enqueued twice, none extra
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both did work
+    return study
+
+
+def silent_remote_trial_is_retried(folder: Path, storage: str | None, name: str = "study") -> None:
+    """A worker on another host claims a run, beats once and goes away: the heartbeat (1 s,
+    grace 2 s) fails its trial and a local worker retries it with the same parameters."""
+    from convae_lightning.sweeps.command import resolve
+    from convae_lightning.sweeps.runner import prepare_study, run_worker
+    from convae_lightning.sweeps.spec import load_spec
+
+    path = write_spec(folder, name, space={"data.batch_size": [8, 16]},
+                      heartbeat={"interval": 1, "grace_period": 2})  # fmt: skip
+    sweep = resolve(load_spec(path), storage=storage)
+    backend = sweep.open_storage()
+    study = prepare_study(sweep, backend)
+    remote = study.trials[0]
+    assert backend.set_trial_state_values(remote._trial_id, TrialState.RUNNING)
+    backend.set_trial_user_attr(remote._trial_id, "worker", "4242@another-machine")
+    backend.record_heartbeat(remote._trial_id)
+    state = run_worker(sweep, cheap_trial(), study=study, storage=backend)
+    assert state.finished and state.done == 2
+    study = load(sweep.storage_url, name)
+    dead = study.trials[0]
+    assert dead.state == TrialState.FAIL
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == dead.system_attrs["fixed_params"]  # the dead one never suggested
+    assert retry.user_attrs["condition"] == dead.user_attrs["condition"]
+
+
 def load(storage: str, study_name: str) -> optuna.Study:
     from convae_lightning.sweeps.storage import open_storage
 

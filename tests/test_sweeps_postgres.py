@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env
-from optuna.trial import TrialState
-from sweep_helpers import REPO, cheap_trial, complete_keys, load, start_worker, write_spec
-
-from convae_lightning.sweeps.command import resolve
-from convae_lightning.sweeps.runner import prepare_study, run_worker
-from convae_lightning.sweeps.space import grid_runs
-from convae_lightning.sweeps.spec import load_spec
+from sweep_helpers import (
+    REPO,
+    complete_keys,
+    load,
+    silent_remote_trial_is_retried,
+    two_workers_share_a_grid,
+    write_spec,
+)
 
 
 def _pg_bindir() -> Path | None:
@@ -96,38 +97,12 @@ def workdir(tmp_path, monkeypatch, cli_cache):
     return tmp_path
 
 
-SPACE = {"model.init_args.unpool": ["switch", "blind"], "data.batch_size": [8, 16, 32]}
-
-
 def test_two_processes_on_postgres_share_one_grid(workdir, postgres_url):
-    path = write_spec(workdir, "shared", space=SPACE, seeds=[0, 1])
-    options = {"sleep": 0.3, "barrier": str(workdir / "barrier"), "parties": 2}
-    workers = [start_worker(path, postgres_url, workdir, **options) for _ in range(2)]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, output
-    study = load(postgres_url, "shared")
-    assert complete_keys(study) == sorted(run.key for run in grid_runs(load_spec(path)))
-    assert len(study.trials) == 12
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    two_workers_share_a_grid(workdir, postgres_url, "shared")
 
 
 def test_postgres_heartbeat_fails_and_retries_a_silent_remote_trial(workdir, postgres_url):
-    path = write_spec(workdir, "beats", space={"data.batch_size": [8, 16]},
-                      heartbeat={"interval": 1, "grace_period": 2})  # fmt: skip
-    sweep = resolve(load_spec(path), storage=postgres_url)
-    storage = sweep.open_storage()
-    study = prepare_study(sweep, storage)
-    remote = study.trials[1]
-    assert storage.set_trial_state_values(remote._trial_id, TrialState.RUNNING)
-    storage.set_trial_user_attr(remote._trial_id, "worker", "4242@another-machine")
-    storage.record_heartbeat(remote._trial_id)
-    state = run_worker(sweep, cheap_trial(), study=study, storage=storage)
-    assert state.finished and state.done == 2
-    study = load(postgres_url, "beats")
-    assert study.trials[1].state == TrialState.FAIL
-    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 1)
-    assert retry.state == TrialState.COMPLETE
+    silent_remote_trial_is_retried(workdir, postgres_url, "beats")
 
 
 @pytest.mark.slow

@@ -14,11 +14,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from sweep_helpers import (
+    SPACE,
     cheap_trial,
     complete_keys,
     load,
     running_trial,
+    silent_remote_trial_is_retried,
     start_worker,
+    two_workers_share_a_grid,
     wait_for,
     write_spec,
 )
@@ -29,8 +32,6 @@ from convae_lightning.sweeps.runner import SweepMismatchError, prepare_study, ru
 from convae_lightning.sweeps.space import grid_runs
 from convae_lightning.sweeps.spec import load_spec
 
-#: Six conditions that every model accepts (checks run them through the CLI's parser).
-SPACE = {"model.init_args.unpool": ["switch", "blind"], "data.batch_size": [8, 16, 32]}
 JOURNAL = "runs/study/journal.log"
 
 
@@ -95,18 +96,8 @@ def test_failed_and_nan_trials_are_recorded_the_sweep_goes_on_and_resume_complet
 
 
 def test_two_journal_workers_share_one_grid_without_losing_or_repeating_runs(workdir):
-    """Two processes plan at the same moment (lock) and claim concurrently (atomic claims)."""
-    path = write_spec(workdir, space=SPACE, seeds=[0, 1])
-    options = {"sleep": 0.3, "barrier": str(workdir / "barrier"), "parties": 2}
-    workers = [start_worker(path, JOURNAL, workdir, **options) for _ in range(2)]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, output
-    study = load(JOURNAL, "study")
-    assert complete_keys(study) == sorted(run.key for run in grid_runs(load_spec(path)))
-    assert len(study.trials) == 12  # one trial per run: none enqueued twice, none extra
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both did work
-    runs = sorted(p.name for p in (workdir / "runs/study").iterdir() if p.name.startswith("trial"))
+    two_workers_share_a_grid(workdir, JOURNAL)
+    runs = [p for p in (workdir / "runs/study").iterdir() if p.name.startswith("trial_")]
     assert len(runs) == 12
 
 
@@ -132,24 +123,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried(workdir):
 
 
 def test_stale_heartbeat_of_a_worker_on_another_machine_is_failed_and_retried(workdir):
-    path = write_spec(workdir, space={"data.batch_size": [8, 16]},
-                      heartbeat={"interval": 1, "grace_period": 2})  # fmt: skip
-    sweep = resolve(load_spec(path))
-    storage = sweep.open_storage()
-    study = prepare_study(sweep, storage)
-    # A worker on another host claims a run, beats once, and its machine goes away.
-    remote = study.trials[0]
-    assert storage.set_trial_state_values(remote._trial_id, TrialState.RUNNING)
-    storage.set_trial_user_attr(remote._trial_id, "worker", "4242@elsewhere")
-    storage.record_heartbeat(remote._trial_id)
-    state = run_worker(sweep, cheap_trial(), study=study, storage=storage)
-    assert state.finished
-    study = load(sweep.storage_url, "study")
-    assert study.trials[0].state == TrialState.FAIL
-    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
-    assert retry.state == TrialState.COMPLETE
-    assert retry.params == study.trials[0].system_attrs["fixed_params"]  # never got to suggest
-    assert retry.user_attrs["condition"] == study.trials[0].user_attrs["condition"]
+    silent_remote_trial_is_retried(workdir, None)  # the default storage: SQLite
 
 
 def test_ctrl_c_records_the_trial_as_interrupted_and_the_same_command_resumes(workdir):

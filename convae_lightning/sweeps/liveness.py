@@ -28,6 +28,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from convae_lightning.runs import _alive as pid_alive
+
 __all__ = ["Heartbeat", "RetryDeadTrial", "WorkerIdentity", "reap_dead_trials"]
 
 log = logging.getLogger(__name__)
@@ -83,21 +85,11 @@ class WorkerIdentity:
         if self.host != socket.gethostname():
             return None
         if not _HAS_PROC:
-            return not _pid_exists(self.pid)
+            return not pid_alive(self.pid)
         started = process_start_ticks(self.pid)
         if started is None:
             return True  # gone, or a zombie
         return self.started is not None and started != self.started  # a reused pid
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RetryDeadTrial:
