@@ -314,3 +314,15 @@ def test_bad_spec_exits_2_with_one_line(tmp_path, capsys):
     assert caught.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {path}: space: empty: name at least one CLI key to vary"
+
+
+def test_a_rejected_condition_leaves_no_study_behind(tmp_path, monkeypatch, capsys):
+    from convae_lightning.sweeps import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path, space={"model.init_args.unpool": ["nearest"]})
+    with pytest.raises(SystemExit) as caught:
+        main([str(path)])
+    assert caught.value.code == 2
+    assert "space.model.init_args.unpool: value nearest rejected" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -21,6 +21,7 @@ from convae_lightning.sweeps.runner import (
     Sweep,
     SweepMismatchError,
     TrialFunction,
+    check_existing_study,
     prepare_study,
     progress,
     run_worker,
@@ -121,8 +122,15 @@ def sweep(
         check_spec(spec, run.extra_args)
         _print_plan(run)
         return 0
-    storage_ = run.open_storage()
+    # A server is checked before the conditions (seconds of work) and a study already there is
+    # compared with this spec; a new local file is only made once the conditions passed.
+    local = sqlite_path(run.storage_url) or (None if is_rdb(run.storage_url) else run.storage_url)
+    storage_ = None
+    if local is None or Path(local).exists():
+        storage_ = run.open_storage()
+        check_existing_study(run, storage_)
     checked = check_spec(spec, run.extra_args)
+    storage_ = storage_ or run.open_storage()
     study = prepare_study(run, storage_)
     state = progress(study, run)
     _say(

@@ -9,7 +9,6 @@ running trials as interrupted and exit) and kills them on a second Ctrl-C.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -66,7 +65,6 @@ def run_local_workers(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches them through us, once
-                env={**os.environ, "CONVAE_SWEEP_WORKER": str(index)},
             )
         processes.append((process, log_path))
 

@@ -44,6 +44,7 @@ __all__ = [
     "TrialContext",
     "TrialFunction",
     "TrialResult",
+    "check_existing_study",
     "prepare_study",
     "progress",
     "run_worker",
@@ -193,6 +194,19 @@ def check_identity(study: optuna.Study, sweep: Sweep) -> None:
 def _short(value: Any, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_existing_study(sweep: Sweep, storage: BaseStorage) -> None:
+    """Refuse early (before the checks that build every condition) a study of another spec.
+
+    Raises:
+        SweepMismatchError: see :func:`check_identity`.
+    """
+    try:
+        study = sweep.load_study(storage)
+    except KeyError:  # no such study yet
+        return
+    check_identity(study, sweep)
 
 
 def prepare_study(sweep: Sweep, storage: BaseStorage) -> optuna.Study:
