@@ -116,6 +116,10 @@ def test_a_pruned_trial_stops_early_and_a_nan_trial_fails_while_the_sweep_goes_o
     assert record.epochs_trained == stopped + 1  # fewer epochs in its metrics.csv
     assert nan.state == TrialState.FAIL
     assert "loss is" in nan.user_attrs["fail_reason"], nan.user_attrs
+    # In-process trials keep their W&B runs in their own run folders, whatever ran before.
+    for trial in study.trials:
+        assert list((tmp_path / trial.user_attrs["run_dir"]).glob("wandb/offline-run-*"))
+    assert not (REPO / "runs" / "study").exists()
 
 
 def test_two_local_workers_finish_the_grid_when_one_is_sigkilled(tmp_path, env):

@@ -98,8 +98,11 @@ class TrialCLI(ConvaeCLI):
             if init_args is None:
                 continue
             if class_path.endswith("CSVLogger") and self.sweep_run_dir is not None:
-                # The run folder runs/<study>/trial_<n> as CSVLogger's save_dir/name/version.
-                init_args["save_dir"] = str(self.sweep_run_dir.parent.parent)
+                # The run folder runs/<study>/trial_<n> as CSVLogger's save_dir/name/version;
+                # absolute, because the W&B run goes into the same folder and wandb's service
+                # resolves relative folders against its own working directory, which is
+                # where the process first started a W&B run.
+                init_args["save_dir"] = str(self.sweep_run_dir.parent.parent.resolve())
                 init_args["name"] = self.sweep_run_dir.parent.name
                 init_args["version"] = self.sweep_run_dir.name
             elif class_path.endswith("WandbLogger") and self.sweep_wandb:
