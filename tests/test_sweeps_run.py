@@ -177,3 +177,25 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, env
         "model.init_args.unpool=blind",
         "model.init_args.unpool=switch",
     ]
+
+
+def test_a_stacked_trials_best_is_taken_at_its_final_depth(tmp_path, monkeypatch, cli_cache):
+    """A weak stack of 2 units grows after epoch 0: the objective is epoch 1's error (the only
+    epoch at depth 2), whatever the 1-unit error was."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVAE_CACHE_DIR", str(cli_cache))
+    growth = {"class_path": "convae_lightning.callbacks.StackGrowth",
+              "init_args": {"max_epochs_per_unit": 1}}  # fmt: skip
+    overrides = {**TINY_OVERRIDES, "model.init_args.num_units": 2, "trainer.max_epochs": 2,
+                 "trainer.callbacks": [growth]}  # fmt: skip
+    spec = write_spec(tmp_path, config=str(REPO / "conf/weak_stack.yaml"), overrides=overrides,
+                      space={"model.init_args.unpool": ["switch"]})  # fmt: skip
+    assert sweep_command(spec) == 0
+    (trial,) = load(SQLITE, "study").trials
+    record = RunRecord.load(trial.user_attrs["run_dir"], read_checkpoints=False)
+    series = record.series("val/euclid_balanced")
+    assert [epoch for epoch, _ in series] == [0, 1]
+    assert series[0][1] < series[1][1]  # the minimum over all epochs would be the 1-unit error
+    assert (
+        trial.value == pytest.approx(series[1][1]) == pytest.approx(trial.user_attrs["metric_best"])
+    )

@@ -42,7 +42,8 @@ class ObjectiveMissingError(ValueError):
 
 
 class MetricTrace(Callback):
-    """Records a metric after every validation epoch (sanity checks excluded).
+    """Records a metric after every validation epoch (sanity checks excluded), with the depth
+    of a stacked autoencoder (its ``num_active_units``) at that epoch.
 
     Args:
         monitor: The logged key to record (``val/euclid_balanced``).
@@ -51,6 +52,7 @@ class MetricTrace(Callback):
     def __init__(self, monitor: str) -> None:
         self.monitor = monitor
         self.values: list[float] = []
+        self.depths: list[int | None] = []
         self.logged: list[str] = []
 
     @override
@@ -61,6 +63,12 @@ class MetricTrace(Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None:
             self.values.append(float(value))
+            self.depths.append(getattr(pl_module, "num_active_units", None))
+
+    def best(self, mode: str) -> float:
+        """Best value at the final depth: a shallower stack's errors are not comparable."""
+        final = [v for v, d in zip(self.values, self.depths, strict=True) if d == self.depths[-1]]
+        return min(final) if mode == "min" else max(final)
 
 
 class TrialCLI(ConvaeCLI):
@@ -130,8 +138,8 @@ def trial_wandb(study: str, number: int, params: Mapping[str, Any]) -> dict[str,
 def fit_trial(context: TrialContext) -> TrialResult:
     """Run the trial as ``convae fit`` and read its objective.
 
-    The objective is the final value of ``<metric>_best`` when the run logged it (best within
-    the final depth for stacked autoencoders), else the best per-epoch value seen; ``last``
+    The objective is the final value of ``<metric>_best`` when the run logged it, else the best
+    per-epoch value seen (both within the final depth for stacked autoencoders); ``last``
     objectives take the final per-epoch value. Pruning (spec ``pruner``) reports the per-epoch
     metric to Optuna after every validation.
 
@@ -167,7 +175,7 @@ def fit_trial(context: TrialContext) -> TrialResult:
     final = trace.values[-1]
     best = _logged(cli, best_key(metric))
     if best is None:
-        best = min(trace.values) if spec.objective.mode == "min" else max(trace.values)
+        best = trace.best(spec.objective.mode)
     value = best if spec.objective.value == "best" else final
     attrs = {"metric_final": final, "metric_best": best, "epochs": cli.trainer.current_epoch}
     return TrialResult(value=value, attrs=attrs)
