@@ -113,8 +113,8 @@ SPACE: dict[str, list] = {
 def two_workers_share_a_grid(folder: Path, storage: str, name: str = "study") -> optuna.Study:
     """Two cheap worker processes that plan at the same moment (racing for the planning lock)
     and claim concurrently; checks that the grid is complete, once, and both did work."""
+    from convae_lightning.sweeps.parse import load_spec
     from convae_lightning.sweeps.space import grid_runs
-    from convae_lightning.sweeps.spec import load_spec
 
     path = write_spec(folder, name, space=SPACE, seeds=[0, 1])
     options = {"sleep": 0.3, "barrier": str(folder / "barrier"), "parties": 2}
@@ -133,8 +133,8 @@ def silent_remote_trial_is_retried(folder: Path, storage: str | None, name: str 
     """A worker on another host claims a run, beats once and goes away: the heartbeat (1 s,
     grace 2 s) fails its trial and a local worker retries it with the same parameters."""
     from convae_lightning.sweeps.command import resolve
+    from convae_lightning.sweeps.parse import load_spec
     from convae_lightning.sweeps.runner import prepare_study, run_worker
-    from convae_lightning.sweeps.spec import load_spec
 
     path = write_spec(folder, name, space={"data.batch_size": [8, 16]},
                       heartbeat={"interval": 1, "grace_period": 2})  # fmt: skip
@@ -197,8 +197,8 @@ def complete_keys(study: optuna.Study) -> list[tuple[str, int]]:
 
 def _worker_main(argv: list[str]) -> int:
     from convae_lightning.sweeps.command import resolve
+    from convae_lightning.sweeps.parse import load_spec
     from convae_lightning.sweeps.runner import StopSweep, prepare_study, run_worker
-    from convae_lightning.sweeps.spec import load_spec
 
     spec_path, storage = argv[0], argv[1]
     n_trials = int(argv[2]) if len(argv) > 2 else None

@@ -13,6 +13,7 @@ from sweep_helpers import CONF, REPO, write_spec
 
 from convae_lightning.sweeps.check import check_spec
 from convae_lightning.sweeps.command import resolve
+from convae_lightning.sweeps.parse import load_spec
 from convae_lightning.sweeps.space import (
     condition_id,
     count_runs,
@@ -22,7 +23,7 @@ from convae_lightning.sweeps.space import (
     probe_conditions,
     wandb_tags,
 )
-from convae_lightning.sweeps.spec import SpecError, load_spec
+from convae_lightning.sweeps.spec import SpecError
 from convae_lightning.sweeps.storage import StorageError, default_storage, open_storage
 
 REGULAR = str(CONF / "regular_ae.yaml")

@@ -28,9 +28,9 @@ from sweep_helpers import (
 
 from convae_lightning.sweeps import sweep as sweep_command
 from convae_lightning.sweeps.command import resolve
+from convae_lightning.sweeps.parse import load_spec
 from convae_lightning.sweeps.runner import SweepMismatchError, prepare_study, run_worker
 from convae_lightning.sweeps.space import grid_runs
-from convae_lightning.sweeps.spec import load_spec
 
 JOURNAL = "runs/study/journal.log"
 

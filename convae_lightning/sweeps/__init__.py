@@ -7,8 +7,9 @@ a journal file (local workers) or any RDB server (several machines). See ``docs/
 """
 
 from convae_lightning.sweeps.command import main, sweep
+from convae_lightning.sweeps.parse import load_spec
 from convae_lightning.sweeps.runner import Sweep, TrialContext, TrialResult, run_worker
-from convae_lightning.sweeps.spec import SpecError, SweepSpec, load_spec
+from convae_lightning.sweeps.spec import SpecError, SweepSpec
 
 __all__ = [
     "SpecError",

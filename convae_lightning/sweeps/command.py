@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from convae_lightning.sweeps.check import check_spec
 from convae_lightning.sweeps.launcher import run_local_workers
+from convae_lightning.sweeps.parse import load_spec
 from convae_lightning.sweeps.runner import (
     Progress,
     StopSweep,
@@ -27,7 +28,7 @@ from convae_lightning.sweeps.runner import (
     run_worker,
 )
 from convae_lightning.sweeps.space import condition_id, count_runs, fit_args, probe_conditions
-from convae_lightning.sweeps.spec import SEED_KEY, SpecError, SweepSpec, load_spec
+from convae_lightning.sweeps.spec import SEED_KEY, SpecError, SweepSpec
 from convae_lightning.sweeps.storage import (
     StorageError,
     default_storage,
