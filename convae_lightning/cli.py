@@ -384,7 +384,7 @@ def reconstruct_main(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``convae data ...`` for corpus tools, ``convae reconstruct ...``, and
+    """``convae data ...`` for corpus tools, ``convae reconstruct ...``, ``convae sweep ...``, and
     ``convae fit|validate|test|predict ...`` for runs.
 
     Every entry point first tunes glibc's allocator for training (``allocator.tune_malloc``).
@@ -395,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         data_main(args[1:])
     elif args and args[0] == "reconstruct":
         reconstruct_main(args[1:])
+    elif args and args[0] == "sweep":
+        from convae_lightning.sweeps import main as sweep_main
+
+        sweep_main(args[1:])
     else:
         lightning_main(argv)
 
