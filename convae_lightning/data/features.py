@@ -24,7 +24,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torchaudio
 from torch.nn import functional as F
 
 Representation = Literal["real", "magnitude", "magnitude_phase", "real_imag", "log_mel", "mfcc"]
@@ -162,6 +161,9 @@ class PatchExtractor(torch.nn.Module):
         left = config.window_offset
         self.pad = (left, config.n_fft - config.win_length - left)
         self.side_pad = max(self.pad)
+        if config.representation in ("log_mel", "mfcc") or config.deltas:
+            # Only these need torchaudio: the spectrogram path imports with torch alone.
+            import torchaudio
         if config.representation in ("log_mel", "mfcc"):
             self.mel = torchaudio.transforms.MelScale(
                 n_mels=config.n_mels, sample_rate=config.sample_rate, n_stft=config.n_fft // 2 + 1

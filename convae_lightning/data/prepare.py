@@ -22,11 +22,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torchaudio
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convae_lightning.data.features import FeatureConfig, PatchExtractor
 from convae_lightning.data.index import (
@@ -167,14 +166,40 @@ class _PatchWriter:
         self.filled = 0
 
 
-def _progress(enabled: bool) -> Progress:
+class _NoProgress:
+    """The part of rich's ``Progress`` that ``build_cache`` uses, doing nothing: a build without
+    a progress bar (benchmarks, tests, a bare GPU machine) needs no rich."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def advance(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("utterances"),
         TimeRemainingColumn(),
-        disable=not enabled,
         transient=False,
     )
 
@@ -266,6 +291,8 @@ def _write_features(
             task = bar.add_task(f"features {split}", total=len(items))
             for item, audio, rate in _prefetch(items):
                 if rate != features.sample_rate:
+                    import torchaudio  # only for resampling: the common path needs torch alone
+
                     audio = torchaudio.functional.resample(
                         torch.from_numpy(audio), rate, features.sample_rate
                     ).numpy()
