@@ -84,14 +84,23 @@ def make_batches(count: int, batch_size: int, seed: int = 0) -> list[tuple]:
 
 
 def measure_model(
-    name: str, batch_size: int, steps: int, warmup: int, rounds: int, precision: str
+    name: str,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    precision: str,
+    device: str = "cpu",
 ) -> dict:
-    """Median samples/s of the three variants over ``rounds`` interleaved rounds."""
+    """Median samples/s of the three variants over ``rounds`` interleaved rounds on ``device``
+    (``cpu`` or ``cuda``; ``benchmarks/gpu.py`` measures the GPU)."""
     ours, plain, loss_fn = MODELS[name]
     batches = make_batches(4, batch_size)
     flops = training_flops(plain(), loss_fn, batches[0]) / batch_size
+    batches = [tuple(t.to(device) for t in batch) for batch in batches]
+    device_type = torch.device(device).type
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
+        torch.autocast(device_type, dtype=torch.bfloat16)
         if precision.startswith("bf16")
         else contextlib.nullcontext()
     )
@@ -103,9 +112,13 @@ def measure_model(
     rates: dict[str, list[float]] = {"plain": [], "ours_loop": [], "ours_fit": []}
     for _ in range(rounds):
         torch.manual_seed(0)
-        rates["plain"].append(plain_loop_rate(plain(), autocast_loss, batches, steps, warmup))
+        rates["plain"].append(
+            plain_loop_rate(plain().to(device), autocast_loss, batches, steps, warmup)
+        )
         torch.manual_seed(0)
-        rates["ours_loop"].append(plain_loop_rate(ours(), autocast_loss, batches, steps, warmup))
+        rates["ours_loop"].append(
+            plain_loop_rate(ours().to(device), autocast_loss, batches, steps, warmup)
+        )
         torch.manual_seed(0)
         loader = DataLoader(BatchList(batches, warmup + steps + 1), batch_size=None)
         rates["ours_fit"].append(
@@ -115,7 +128,7 @@ def measure_model(
                 steps,
                 warmup,
                 batch_size,
-                accelerator="cpu",
+                accelerator="gpu" if device_type == "cuda" else "cpu",
                 devices=1,
                 precision=precision,
             )
