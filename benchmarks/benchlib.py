@@ -7,6 +7,7 @@ folder on ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -345,6 +346,17 @@ def quiet() -> None:
         ".*smaller than the logging interval.*",
     ):
         warnings.filterwarnings("ignore", pattern)
+
+
+def save(results: Any, out: Path | None, name: str) -> Path | None:
+    """Write ``results`` as JSON to ``out``, else to ``$OUT/name`` when ``$OUT`` is set (the
+    GPU machine's result folder), else nowhere; returns the path written."""
+    if out is None and os.environ.get("OUT"):
+        out = Path(os.environ["OUT"]) / name
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=str))
+    return out
 
 
 def emit(text: str) -> None:

@@ -14,8 +14,6 @@ corpus unless ``--root`` names another; its cache goes to a temporary folder unl
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -24,7 +22,16 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from benchlib import BatchList, emit, machine, plain_loop_rate, quiet, table, trainer_fit_rate
+from benchlib import (
+    BatchList,
+    emit,
+    machine,
+    plain_loop_rate,
+    quiet,
+    save,
+    table,
+    trainer_fit_rate,
+)
 from jsonargparse import CLI
 from plain_models import classifier_loss, reconstruction_loss
 from torch.utils.data import DataLoader
@@ -177,10 +184,7 @@ def main(
             f"\n### Training with the data path (batch {batch_size}, {device})\n\n"
             + table(("model", "variant", "samples/s", "vs the in-memory loop"), rows)
         )
-    out = out or (Path(os.environ["OUT"]) / "data_path.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
+    save(results, out, "data_path.json")
     return results
 
 

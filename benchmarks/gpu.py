@@ -25,9 +25,7 @@ when ``$OUT`` is set, writes ``$OUT/gpu.json`` (and ``data_path.json``)::
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -80,42 +78,17 @@ def training_section(
     device: str, batch_sizes: list[int], steps: int, warmup: int, rounds: int, peaks: dict
 ) -> tuple[str, dict]:
     from benchlib import table
-    from training import MODELS, measure_model
+    from training import MODELS, measure_model, table_rows
 
+    limits = {"fp32": peaks["fp32"], "TF32": peaks["tf32"]}
     results, rows = {}, []
     for batch_size in batch_sizes:
         for name in MODELS:
             r = measure_model(name, batch_size, steps, warmup, rounds, "32-true", device)
             results[f"{name}/{batch_size}"] = r
-            gflop = r["flops_per_sample"] / 1e9
-            for variant, label in (
-                ("plain", "plain loop, plain model"),
-                ("ours_loop", "plain loop, our module"),
-                ("ours_fit", "Trainer.fit, our module"),
-            ):
-                rate = r[variant]
-                rows.append(
-                    (
-                        name,
-                        batch_size,
-                        label,
-                        rate,
-                        f"{rate / r['plain']:.2f}",
-                        rate * gflop / 1e3,
-                        f"{100 * rate * gflop / peaks['fp32']:.1f}%",
-                        f"{100 * rate * gflop / peaks['tf32']:.1f}%",
-                    )
-                )
-    header = (
-        "model",
-        "batch",
-        "variant",
-        "samples/s",
-        "vs plain",
-        "TFLOP/s",
-        "of fp32 peak",
-        "of TF32 peak",
-    )
+            rows += table_rows(name, batch_size, r, limits)
+    header = ("model", "batch", "variant", "samples/s", "vs plain", "GFLOP/s", "of fp32 peak")
+    header += ("of TF32 peak",)
     return table(header, rows), results
 
 
@@ -252,7 +225,7 @@ def main(
         raise ValueError(f"sections: {unknown} not among {list(SECTIONS)}")
     _import_path()
     import torch
-    from benchlib import emit, machine, quiet
+    from benchlib import emit, machine, quiet, save
 
     from convae_lightning.allocator import tune_malloc
 
@@ -307,10 +280,7 @@ def main(
         start = time.perf_counter()
         text, results["fit"] = fit_section(device, smoke)
         emit(f"\n### Trainer.fit smoke on {device} ({time.perf_counter() - start:.0f} s)\n\n{text}")
-    out = out or (Path(os.environ["OUT"]) / "gpu.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=str))
+    save(results, out, "gpu.json")
     return results
 
 

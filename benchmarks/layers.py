@@ -15,8 +15,6 @@ PyTorch versions (``benchmarks/plain_models.py``) is printed with ``--plain``::
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from collections import defaultdict
@@ -24,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchlib import emit, machine, table
+from benchlib import emit, machine, save, table
 from jsonargparse import CLI
 from plain_models import PlainAutoencoder, PlainForward, classifier_loss, reconstruction_loss
 from torch import Tensor, nn
@@ -191,10 +189,7 @@ def main(
             rows = profile(build(), loss_fn, (x, y), steps, warmup)
             results[f"{name}/{label}"] = rows
             emit(f"\n### {name} ({label}), batch {batch_size}\n\n{render(rows, batch_size)}")
-    out = out or (Path(os.environ["OUT"]) / "layers.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
+    save(results, out, "layers.json")
     return results
 
 

@@ -23,7 +23,6 @@ model's do); whole steps in a plain training loop. Levers:
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchlib import TUNED_MALLOC_VARIABLES, cpu_flags, emit, machine, table
+from benchlib import TUNED_MALLOC_VARIABLES, cpu_flags, emit, machine, save, table
 from jsonargparse import CLI
 from torch import Tensor
 
@@ -383,10 +382,7 @@ def main(
         emit(f"done: {name}")
     header = ("lever", "where", "variant (fastest in bold)", "ms", "speed-up vs first")
     emit(f"\nbatch {batch_size}, {threads} threads\n\n" + table(header, rows))
-    out = out or (Path(os.environ["OUT"]) / "levers.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=1))
+    save(rows, out, "levers.json")
     return rows
 
 

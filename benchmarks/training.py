@@ -19,8 +19,6 @@ measured in the same run (``benchlib.fma_limit``)::
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from benchlib import (
     machine,
     plain_loop_rate,
     quiet,
+    save,
     table,
     trainer_fit_rate,
     training_flops,
@@ -139,6 +138,28 @@ def measure_model(
     return result
 
 
+#: (key of measure_model's result, the table's label) per variant.
+VARIANTS = (
+    ("plain", "plain loop, plain model"),
+    ("ours_loop", "plain loop, our module"),
+    ("ours_fit", "Trainer.fit, our module"),
+)
+
+
+def table_rows(name: str, batch_size: int, result: dict, limits: dict[str, float]) -> list[tuple]:
+    """One row per variant of :func:`measure_model`'s ``result``: samples/s, ratio to the plain
+    loop, GFLOP/s and the share of each limit (GFLOP/s by name)."""
+    gflop = result["flops_per_sample"] / 1e9
+    rows = []
+    for variant, label in VARIANTS:
+        rate = result[variant]
+        shares = (f"{100 * rate * gflop / limit:.1f}%" for limit in limits.values())
+        rows.append(
+            (name, batch_size, label, rate, f"{rate / result['plain']:.2f}", rate * gflop, *shares)
+        )
+    return rows
+
+
 def main(
     models: list[str] = ["forward", "cae1_switch", "cae1_blind", "cae4_switch", "cae4_blind"],  # noqa: B006
     batch_sizes: list[int] = [256],  # noqa: B006
@@ -182,44 +203,16 @@ def main(
         for name in models:
             r = measure_model(name, batch_size, steps, warmup, rounds, precision)
             results[f"{name}/{batch_size}"] = r
-            gflop = r["flops_per_sample"] / 1e9
-            for variant, label in (
-                ("plain", "plain loop, plain model"),
-                ("ours_loop", "plain loop, our module"),
-                ("ours_fit", "Trainer.fit, our module"),
-            ):
-                rate = r[variant]
-                rows.append(
-                    (
-                        name,
-                        batch_size,
-                        label,
-                        rate,
-                        f"{rate / r['plain']:.2f}",
-                        rate * gflop,
-                        f"{100 * rate * gflop / limit.gflops:.0f}%",
-                    )
-                )
+            rows += table_rows(name, batch_size, r, {"FMA limit": limit.gflops})
             emit(f"done: {name} batch {batch_size}")
     limit_end = fma_limit(threads, seconds=0.05 if smoke else 0.5)
     results["fma_limit_end"] = limit_end.gflops
-    header = (
-        "model",
-        "batch",
-        "variant",
-        "samples/s",
-        "vs plain",
-        "GFLOP/s",
-        "of FMA limit",
-    )
+    header = ("model", "batch", "variant", "samples/s", "vs plain", "GFLOP/s", "of FMA limit")
     emit(
         f"\nprecision {precision}; FMA limit {limit.gflops:,.0f} GFLOP/s at the start, "
         f"{limit_end.gflops:,.0f} at the end\n\n" + table(header, rows)
     )
-    out = out or (Path(os.environ["OUT"]) / "training.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
+    save(results, out, "training.json")
     return results
 
 

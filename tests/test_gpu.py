@@ -13,8 +13,8 @@ import pytest
 import torch
 from cli_helpers import CONF, STACK_CALLBACKS, STACKS, load_checkpoint, read_metrics, run_cli
 from conftest import TINY
+from test_data_memory import SMALL_ARCH, _datamodule
 
-from convae_lightning.data import TimitDataModule
 from convae_lightning.data.memory import TensorBatches
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
 
@@ -52,18 +52,9 @@ def test_gpu_training_from_device_held_features_equals_training_from_disk(
 ) -> None:
     weights = {}
     for hold in ("disk", "device"):
-        dm = TimitDataModule(
-            root=str(toy_corpus),
-            cache_dir=str(tmp_path / "cache"),
-            train_per_class=5,
-            eval_per_class=3,
-            batch_size=16,
-            hold_features=hold,
-            progress=False,
-        )
-        dm.setup("fit")
+        dm = _datamodule(toy_corpus, tmp_path, hold)
         pl.seed_everything(0, verbose=False)
-        model = model_class(input_shape=dm.input_shape, conv_channels=(4, 4, 8, 16))
+        model = model_class(input_shape=dm.input_shape, **SMALL_ARCH)
         trainer = pl.Trainer(
             accelerator="gpu",
             devices=1,
