@@ -55,16 +55,20 @@ def convae(
     )  # fmt: skip
 
 
+def python(argv: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    """This interpreter in a subprocess, seeing this checkout's package, without W&B settings."""
+    environment = {**cli_env(cache), **env}
+    paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, env=environment, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
 def report_cli(args: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
     """``python -m convae_lightning.report ...`` (``convae report`` once cli.py routes to it)."""
-    environment = {**cli_env(cache), **env}
-    environment["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "convae_lightning.report", *args], cwd=cwd, env=environment,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return python(["-m", "convae_lightning.report", *args], cwd, cache, **env)
 
 
 def fit_run(cwd: Path, cache: Path, run_dir: Path, extra: list[str]) -> float:

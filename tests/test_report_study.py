@@ -107,7 +107,7 @@ def test_one_row_per_condition_with_mean_std_over_seeds(built, study_folder):
 
 def test_markdown_table_has_a_row_per_condition_and_references_beside_ours(built):
     out, _ = built
-    header, _separator, *body = comparison_rows((out / "report.md").read_text())
+    header, *body = comparison_rows((out / "report.md").read_text())
     assert header == "| unpool | results |"
     assert [line.split(" | ")[0] for line in body] == ["| switch", "| blind"]  # search-space order
     switch, blind = body
