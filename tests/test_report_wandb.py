@@ -17,11 +17,15 @@ import pytest
 from report_helpers import STUDY, build_tiny_study, python, report_cli
 
 from convae_lightning.report.command import build_report
+from convae_lightning.report.wandb_report import wandb_run_ids
 
-interface = pytest.importorskip(
-    "wandb_workspaces.reports.v2.interface",
-    reason="wandb-workspaces (the [wandb-reports] extra) is not installed",
-)
+
+def reports_api():
+    return pytest.importorskip(
+        "wandb_workspaces.reports.v2.interface",
+        reason="wandb-workspaces (the [wandb-reports] extra) is not installed",
+    )
+
 
 pytestmark = pytest.mark.slow
 
@@ -79,11 +83,9 @@ def test_wandb_report_has_the_table_and_panels_over_the_study_runs(
     study_folder, tmp_path, monkeypatch
 ):
     api = FakeApi()
-    monkeypatch.setattr(interface, "_get_api", lambda: api)
+    monkeypatch.setattr(reports_api(), "_get_api", lambda: api)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    _, message = build_report(
-        [str(study_folder)], out=str(tmp_path / "out"), wandb="team/convae"
-    )
+    _, message = build_report([str(study_folder)], out=str(tmp_path / "out"), wandb="team/convae")
     assert message == (
         "W&B Report: https://wandb.example/team/convae/reports/Study-tinyunpool--VmlldzoxMjM="
     )
@@ -128,6 +130,8 @@ def test_wandb_report_has_the_table_and_panels_over_the_study_runs(
 def test_offline_or_logged_out_says_so_in_one_line_and_writes_the_local_report(
     study_folder, cli_cache, tmp_path, env, line
 ):
+    if not env:
+        reports_api()  # without the extra, the line says so instead (next test)
     out = tmp_path / "out"
     args = [str(study_folder), "--out", str(out), "--wandb", "team/convae"]
     # A HOME without credentials: no ~/.netrc or W&B settings to find.
@@ -151,3 +155,15 @@ def test_missing_extra_gets_a_clear_message(study_folder, cli_cache, tmp_path):
         "W&B Report not built: wandb-workspaces is not installed (pip install "
         f"'convae-lightning[wandb-reports]'); the local report is {tmp_path / 'index.html'}"
     )
+
+
+def test_plain_runs_are_selected_by_their_wandb_run_ids(tmp_path):
+    run = tmp_path / "runs/weak_stack/version_0"
+    for name in (
+        "offline-run-20261126_054435-schzly6e",
+        "run-20261127_101010-a1b2c3",
+        "latest-run",
+    ):
+        (run / "wandb" / name).mkdir(parents=True)
+    assert wandb_run_ids(run) == ["a1b2c3", "schzly6e"]
+    assert wandb_run_ids(tmp_path) == []

@@ -16,6 +16,7 @@ from typing import Any
 
 from convae_lightning.report.content import Report
 from convae_lightning.report.render import render_markdown
+from convae_lightning.report.views import PSEUDO_KEYS
 
 __all__ = ["build_wandb_report", "parse_target", "publish", "wandb_run_ids"]
 
@@ -46,6 +47,15 @@ def wandb_run_ids(run_dir: Path) -> list[str]:
     )
 
 
+def _logged_as(report: Report, key: str) -> str:
+    """The spelling W&B has for ``key`` (Lightning logs ``train/euclid`` as ``..._epoch``)."""
+    for view in report.table.views:
+        resolved = view.resolve(key)
+        if resolved is not None:
+            return resolved
+    return key
+
+
 def _runset_filter(report: Report) -> str:
     if report.study is not None:
         return f"Group = '{report.study.name}'"
@@ -62,7 +72,8 @@ def build_wandb_report(report: Report, entity: str, project: str) -> Any:
     import wandb_workspaces.reports.v2 as wr
 
     table = report.table
-    layout_keys = [k for k in table.row_keys + table.col_keys if k not in ("units", "seed")]
+    # Pseudo-keys (units, config, seed) are the report's, not keys of the W&B runs' config.
+    layout_keys = [k for k in table.row_keys + table.col_keys if k not in PSEUDO_KEYS]
     metric_keys = [f.key for f in table.fields if f.key is not None]
     curve_keys = [k for k in metric_keys if k.startswith(("train/", "val/"))]
     objective = (report.study.objective_metric if report.study else None) or next(
@@ -70,9 +81,13 @@ def build_wandb_report(report: Report, entity: str, project: str) -> Any:
     )
     panels: list[Any] = [
         wr.LinePlot(
-            title=key, x="epoch", y=[key], groupby_aggfunc="mean", groupby_rangefunc="stddev"
+            title=key,
+            x="epoch",
+            y=[_logged_as(report, key)],
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
         )
-        for key in dict.fromkeys(k.split(":")[0] for k in curve_keys)
+        for key in dict.fromkeys(curve_keys)
     ]
     if layout_keys and objective:
         columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in layout_keys]
@@ -118,6 +133,8 @@ def publish(report: Report, target: str) -> str:
             f"W&B Report not built: WANDB_MODE={mode} (it needs the network and `wandb login`); "
             f"{where}"
         )
+    if report.study is None and not any(wandb_run_ids(e.path) for e in report.entries):
+        return f"W&B Report not built: none of these runs has a W&B run (wandb/ folder); {where}"
     try:
         built = build_wandb_report(report, entity, project)
     except ImportError:
