@@ -324,6 +324,18 @@ def test_inputs_that_match_nothing_or_no_study(tmp_path):
         collect(storage=storage, study_name="c")
 
 
+def test_a_study_without_trials_yet_gives_a_report_saying_so(tmp_path):
+    folder = tmp_path / "runs" / "fresh"
+    folder.mkdir(parents=True)
+    optuna.create_study(study_name="fresh", storage=f"sqlite:///{folder / 'study.db'}")
+    report, _ = build_report([str(folder)])
+    assert report.out_dir == folder / "report"
+    markdown = (folder / "report" / "report.md").read_text()
+    assert "No runs to compare yet." in markdown and "## Runs" not in markdown
+    assert "- Optuna: optimization history: no complete trials yet" in markdown
+    assert (folder / "report" / "table.csv").read_text().startswith("field,mean,std,n,")
+
+
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "convae_lightning.report", "runs/none", "--rows", "x"],

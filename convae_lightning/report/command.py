@@ -4,7 +4,7 @@
 
     convae report runs/unpooling                                   # a study folder
     convae report runs/weak_stack/version_* --rows model.init_args.unpool --cols units
-    convae report --storage sqlite:///runs/unpooling/study.db --study_name unpooling \\
+    convae report --storage sqlite:///runs/unpooling/study.db --study-name unpooling \\
         --reference docs/reference/thesis_table4.md --wandb my-team/convae
 """
 
@@ -23,14 +23,11 @@ from convae_lightning.report.content import Picture, Report
 from convae_lightning.report.figures import learning_curves_figure, save_png, study_figures
 from convae_lightning.report.render import render_csv, render_html, render_markdown, write_atomic
 from convae_lightning.report.sources import RunEntry, collect
-from convae_lightning.report.table import ComparisonTable, build_table
-from convae_lightning.report.views import RunView, format_value
+from convae_lightning.report.table import build_table
+from convae_lightning.report.views import RunView
 from convae_lightning.runs import metric_key
 
 __all__ = ["build_parser", "build_report", "main"]
-
-#: Files of a report folder besides ``images/``.
-OUTPUTS: tuple[str, ...] = ("index.html", "report.md", "table.csv")
 
 
 def build_report(
@@ -124,18 +121,15 @@ def _default_title(study, entries: Sequence[RunEntry]) -> str:
     return f"Runs of {', '.join(names)}" if len(names) <= 3 else f"{len(entries)} runs"
 
 
-def _conditions(table: ComparisonTable) -> dict[str, list[RunEntry]]:
-    """Runs grouped by layout keys other than ``units`` (one run at several depths: once)."""
-    keys = [k for k in table.row_keys + table.col_keys if k != "units"]
+def _conditions(report: Report) -> dict[str, list[RunEntry]]:
+    """Runs grouped by condition, in table order (a run at several depths counts once)."""
+    table = report.table
     groups: dict[str, dict[Path, RunEntry]] = {}
     for row in table.rows:
         for col in table.cols:
             cell = table.cells.get((row, col))
             for view in cell.views if cell else []:
-                label = ", ".join(
-                    f"{table.key_label(k)}={format_value(view.key_value(k))}" for k in keys
-                )
-                groups.setdefault(label or "all runs", {})[view.entry.path] = view.entry
+                groups.setdefault(report.condition_label(view), {})[view.entry.path] = view.entry
     return {label: list(runs.values()) for label, runs in groups.items()}
 
 
@@ -147,7 +141,7 @@ def _figures(report: Report, images: Path, written: set[str]) -> list[Picture]:
         keys = [metric_key("train", name), metric_key("val", name, "balanced")]
         curves = {
             label: [{k: RunView(e).series(k) for k in keys} for e in runs]
-            for label, runs in _conditions(table).items()
+            for label, runs in _conditions(report).items()
         }
         keys = [k for k in keys if any(run.get(k) for runs in curves.values() for run in runs)]
         if not keys:
@@ -178,7 +172,7 @@ def _figures(report: Report, images: Path, written: set[str]) -> list[Picture]:
 def _reconstructions(report: Report, images: Path, written: set[str]) -> list[Picture]:
     """The latest reconstruction image of each condition (its first finished run that has one)."""
     pictures = []
-    for i, (label, runs) in enumerate(_conditions(report.table).items()):
+    for i, (label, runs) in enumerate(_conditions(report).items()):
         ranked = sorted(runs, key=lambda e: (not e.counted, str(e.path)))
         for entry in ranked:
             latest = list(entry.record.iter_images())
@@ -249,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     counts: dict[str, int] = {}
     for entry in report.entries:
         counts[entry.status] = counts.get(entry.status, 0) + 1
-    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"
     print(
         f"report: {report.out_dir / 'index.html'} ({len(report.table.rows)} rows; runs: {states})"
     )

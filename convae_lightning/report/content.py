@@ -69,7 +69,9 @@ class Report:
         return [self.table.value_text(k, v) for k, v in zip(self.table.row_keys, row, strict=True)]
 
     def condition_label(self, view: RunView) -> str:
-        keys = self.table.row_keys + self.table.col_keys
+        """``unpool=switch, decoder_relu=true``: the run's layout values (depth left out: a run
+        has one condition whatever depths it reached)."""
+        keys = [k for k in self.table.row_keys + self.table.col_keys if k != "units"]
         parts = [f"{self.table.key_label(k)}={format_value(view.key_value(k))}" for k in keys]
         return ", ".join(parts) or "all runs"
 

@@ -26,6 +26,9 @@ from convae_lightning.report.table import Cell
 
 __all__ = ["render_csv", "render_html", "render_markdown", "write_atomic"]
 
+#: What the comparison says before any run has a value.
+NO_RUNS = "No runs to compare yet."
+
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Write a file so that readers see the old or the new content, never half of it."""
@@ -64,7 +67,7 @@ def _run_rows(report: Report) -> list[dict[str, str]]:
             {
                 "run": report.link(entry.path),
                 "trial": "" if entry.trial is None else str(entry.trial.number),
-                "condition": report.condition_label(view.__class__(entry)),
+                "condition": report.condition_label(view),
                 "seed": "" if entry.seed is None else str(entry.seed),
                 "status": status,
                 "detail": detail,
@@ -101,23 +104,29 @@ def render_markdown(report: Report) -> str:
     summary = report.study_summary()
     if summary:
         out += [f"- **{k}**: {_md(v)}" for k, v in summary] + [""]
-    out += ["## Comparison", "", _legend(report), ""]
-    header = [table.key_label(k) for k in table.row_keys] + [
-        table.col_label(c) or "results" for c in table.cols
-    ]
-    out += ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
-    for row, cells in _cells(report):
-        texts = report.row_texts(row) + [_md_cell(report, cell) for _, cell in cells]
-        out.append(
-            "| " + " | ".join(_md(t) if i < len(row) else t for i, t in enumerate(texts)) + " |"
-        )
-    out += ["", "## Runs", ""]
+    out += ["## Comparison", ""]
+    if not table.rows:
+        out += [NO_RUNS]
+    else:
+        out += [_legend(report), ""]
+        header = [table.key_label(k) for k in table.row_keys] + [
+            table.col_label(c) or "results" for c in table.cols
+        ]
+        out += ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+        for row, cells in _cells(report):
+            texts = report.row_texts(row) + [_md_cell(report, cell) for _, cell in cells]
+            keys = [_md(t) for t in texts[: len(row)]]
+            out.append("| " + " | ".join(keys + texts[len(row) :]) + " |")
     runs = _run_rows(report)
-    columns = [c for c in runs[0] if any(r[c] for r in runs)] if runs else []
-    out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for run in runs:
-        texts = [f"[{run['run']}]({run['run']})" if c == "run" else _md(run[c]) for c in columns]
-        out.append("| " + " | ".join(texts) + " |")
+    if runs:
+        out += ["", "## Runs", ""]
+        columns = [c for c in runs[0] if any(r[c] for r in runs)]
+        out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for run in runs:
+            texts = [
+                f"[{run['run']}]({run['run']})" if c == "run" else _md(run[c]) for c in columns
+            ]
+            out.append("| " + " | ".join(texts) + " |")
     for title, pictures in (
         ("Figures", report.figures),
         ("Reconstructions", report.reconstructions),
@@ -239,6 +248,40 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _html_comparison(report: Report) -> list[str]:
+    table = report.table
+    out = [f"<p>{_e(_legend(report)).replace('`', '')}</p>"]
+    out.append('<table class="comparison"><thead><tr>')
+    out += [f"<th>{_e(table.key_label(k))}</th>" for k in table.row_keys]
+    out += [f"<th>{_e(table.col_label(c) or 'results')}</th>" for c in table.cols]
+    out.append("</tr></thead><tbody>")
+    for row, cells in _cells(report):
+        out.append("<tr>" + "".join(f"<th>{_e(t)}</th>" for t in report.row_texts(row)))
+        out += [_html_cell(report, cell) for _, cell in cells]
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return out
+
+
+def _html_runs(report: Report) -> list[str]:
+    runs = _run_rows(report)
+    if not runs:
+        return []
+    columns = [c for c in runs[0] if any(r[c] for r in runs)]
+    out = ["<h2>Runs</h2>", '<table class="runs-table"><thead><tr>']
+    out += [f"<th>{_e(c)}</th>" for c in columns] + ["</tr></thead><tbody>"]
+    for run in runs:
+        cells = []
+        for c in columns:
+            if c == "status":
+                cells.append(f'<td><span class="status {_e(run[c])}">{_e(run[c])}</span></td>')
+            else:
+                cells.append(f"<td>{_e(run[c])}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return out
+
+
 def render_html(report: Report) -> str:
     """``index.html``: one file, every image embedded."""
     table = report.table
@@ -257,30 +300,12 @@ def render_html(report: Report) -> str:
             + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary)
             + "</table>"
         )
-    out += ["<h2>Comparison</h2>", f"<p>{_e(_legend(report)).replace('`', '')}</p>"]
-    out.append('<table class="comparison"><thead><tr>')
-    out += [f"<th>{_e(table.key_label(k))}</th>" for k in table.row_keys]
-    out += [f"<th>{_e(table.col_label(c) or 'results')}</th>" for c in table.cols]
-    out.append("</tr></thead><tbody>")
-    for row, cells in _cells(report):
-        out.append("<tr>" + "".join(f"<th>{_e(t)}</th>" for t in report.row_texts(row)))
-        out += [_html_cell(report, cell) for _, cell in cells]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    runs = _run_rows(report)
-    if runs:
-        columns = [c for c in runs[0] if any(r[c] for r in runs)]
-        out += ["<h2>Runs</h2>", '<table class="runs-table"><thead><tr>']
-        out += [f"<th>{_e(c)}</th>" for c in columns] + ["</tr></thead><tbody>"]
-        for run in runs:
-            cells = []
-            for c in columns:
-                if c == "status":
-                    cells.append(f'<td><span class="status {_e(run[c])}">{_e(run[c])}</span></td>')
-                else:
-                    cells.append(f"<td>{_e(run[c])}</td>")
-            out.append("<tr>" + "".join(cells) + "</tr>")
-        out.append("</tbody></table>")
+    out.append("<h2>Comparison</h2>")
+    if not table.rows:
+        out.append(f"<p>{_e(NO_RUNS)}</p>")
+    else:
+        out += _html_comparison(report)
+    out += _html_runs(report)
     images = report.out_dir / "images"
     for title, pictures in (
         ("Figures", report.figures),
