@@ -46,7 +46,8 @@ def images_of(figure) -> list:
 
 def test_spectrograms_have_axes_in_ms_and_hz_colour_bars_and_errors(patches, tmp_path):
     rows, labels, features = patches["rows"], patches["labels"], patches["features"]
-    figure = spectrogram_figure(rows, labels, "epoch 3", features=features, mean=patches["mean"],
+    titles = [f"/{label}/" for label in labels]
+    figure = spectrogram_figure(rows, titles, "epoch 3", features=features, mean=patches["mean"],
                                 units=2)  # fmt: skip
     panels = images_of(figure)
     assert len(panels) == 3 * 6  # 3 examples x (3 kinds x real part, log magnitude)

@@ -62,7 +62,7 @@ def _log_magnitude(patch: np.ndarray, representation: str) -> np.ndarray | None:
 
 def spectrogram_figure(
     rows: Mapping[str, Any],
-    labels: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
     title: str = "",
     *,
     features: FeatureConfig | None = None,
@@ -77,7 +77,7 @@ def spectrogram_figure(
     Args:
         rows: Kind name -> patches ``(N, C, F, T)`` or ``(N, F, T)``, mean-subtracted as the model
             sees them; the first kind is the input the others are compared with.
-        labels: Phone label of each example, shown in its title.
+        titles: Title of each example, e.g. its phone (``/aa/``).
         title: Figure title (e.g. ``epoch 12``); the depth and the error measure are appended.
         features: The feature settings (axes in ms and Hz); default: the thesis's.
         mean: The training mean spectrogram, added back for the log-magnitude view.
@@ -105,7 +105,7 @@ def spectrogram_figure(
     figure = Figure(figsize=(2.3 * n_cols + 1.6 * groups, 2.0 * count + 0.8), layout="constrained")
     axes = figure.subplots(count, n_cols, squeeze=False, sharex=True, sharey=True)
     for r in range(count):
-        label = f"/{labels[r]}/ " if labels is not None and r < len(labels) else ""
+        label = f"{titles[r]} " if titles is not None and r < len(titles) else ""
         base = arrays[kinds[0]][r]
         limit = float(np.percentile(np.abs(base[0]), REAL_PART_PERCENTILE)) or 1.0
         image = None

@@ -10,7 +10,7 @@ and ``missing`` ones are listed as such.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,8 +306,3 @@ def _entry_order(entry: RunEntry) -> tuple:
 def _natural(name: str) -> tuple:
     head, _, tail = name.rpartition("_")
     return (head, int(tail)) if tail.isdigit() else (name, -1)
-
-
-def relative_paths(paths: Iterable[Path], base: Path) -> list[str]:
-    """Paths relative to ``base`` where possible (reports link runs relative to themselves)."""
-    return [os.path.relpath(p, base) for p in paths]
