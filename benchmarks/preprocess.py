@@ -83,7 +83,7 @@ def stft_baseline(segment_length: int, batch: int = 256, repeats: int = 40) -> f
 def make_corpus(kind: str, root: Path, speakers: int, sentences: int, seed: int) -> float:
     start = time.perf_counter()
     if kind == "toy":
-        from convae_lightning.data.toy import write_toy_corpus
+        from convae_lightning.synth.toy import write_toy_corpus
 
         train = speakers * 4 // 5
         write_toy_corpus(
@@ -95,7 +95,7 @@ def make_corpus(kind: str, root: Path, speakers: int, sentences: int, seed: int)
             seed=seed,
         )
     else:
-        from convae_lightning.data.synth import synthesize_min_phones
+        from convae_lightning.synth import synthesize_min_phones
 
         summary = synthesize_min_phones(root, min_phones=50_000, seed=seed, progress=True)
         print(

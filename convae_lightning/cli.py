@@ -20,10 +20,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from convae_lightning.data import TimitDataModule
-from convae_lightning.data.synth import FestivalNotFoundError
 from convae_lightning.data.timit import CorpusError
 from convae_lightning.loggers import OfflineWandbLogger
 from convae_lightning.models import ConvaeModule
+from convae_lightning.synth import FestivalNotFoundError
 
 #: Every run logs to CSV (for offline reports) and to W&B, offline unless configured otherwise.
 DEFAULT_LOGGERS: list[dict[str, Any]] = [
@@ -139,16 +139,26 @@ class ConvaeCLI(LightningCLI):
 
 def _data_commands() -> dict[str, Callable]:
     from convae_lightning.data import commands
-    from convae_lightning.data.synth import synth_command
+    from convae_lightning.data.stft_quality_command import stft_quality
+    from convae_lightning.synth import synthesize_corpus
 
-    return {"stats": commands.stats, "prepare": commands.prepare, "synth": synth_command}
+    return {
+        "stats": commands.stats,
+        "prepare": commands.prepare,
+        "synth": synthesize_corpus,
+        "stft-quality": stft_quality,
+    }
+
+
+#: ``convae data`` commands whose first argument may be the corpus ROOT.
+_ROOT_FIRST = ("stats", "prepare", "stft-quality")
 
 
 def data_main(argv: Sequence[str] | None = None) -> None:
-    """``convae data {stats,prepare,synth}``; ``stats``/``prepare`` take ROOT positionally too."""
+    """``convae data {stats,prepare,synth,stft-quality}``; all but ``synth`` take ROOT first."""
     args = list(sys.argv[1:] if argv is None else argv)
     # jsonargparse has no optional positionals: `convae data stats ROOT` means `--root ROOT`.
-    if len(args) >= 2 and args[0] in ("stats", "prepare") and not args[1].startswith("-"):
+    if len(args) >= 2 and args[0] in _ROOT_FIRST and not args[1].startswith("-"):
         args[1:2] = ["--root", args[1]]
     _user_errors_as_messages(lambda: CLI(_data_commands(), args=args, prog="convae data"))
 

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+from hypothesis import settings
 
-from convae_lightning.data.layout import Segment, write_utterance
-from convae_lightning.data.phones import PHONES_61
 from convae_lightning.data.prepare import build_cache
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.toy import write_toy_corpus, write_toy_utterance
+
+#: `pytest --hypothesis-profile fuzz`: the big fuzz of the audio reader (tests/test_data_timit.py),
+#: 240,000 inputs or $CONVAE_FUZZ_EXAMPLES (to run it in chunks, each with --hypothesis-seed).
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("CONVAE_FUZZ_EXAMPLES", 240_000)), deadline=None
+)
+# Hypothesis keeps its files in ./.hypothesis unless told otherwise: tests write only to temp.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "convae-hypothesis")
+)
 
 #: Speakers of the shared toy corpus: 4 TRAIN (one becomes validation), 2 TEST.
 TOY_SPEAKERS = {"TRAIN": 4, "TEST": 2}
@@ -44,65 +56,19 @@ def toy_cache(toy_corpus, tmp_path_factory) -> Path:
     return build_cache(toy_corpus, tmp_path_factory.mktemp("toy_cache"), progress=False)
 
 
-def tone(label: str, length: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A deterministic-per-label chord with a little noise, ``length`` samples long."""
-    t = np.arange(length) / sample_rate
-    base = 200.0 + 45.0 * PHONES_61.index(label.lower())
-    chord = sum(np.sin(2 * np.pi * base * h * t) / h for h in (1, 2, 3))
-    return 0.2 * chord + rng.normal(0.0, 0.005, length)
-
-
 UtteranceWriter = Callable[..., Path]
 
 
 @pytest.fixture
 def make_utterance() -> UtteranceWriter:
-    """Write one TIMIT-layout utterance of tones with the given phone ``lengths`` (in samples).
+    """Write one TIMIT-layout toy utterance with the given phone ``lengths`` (in samples).
 
     ``make_utterance(root, "TRAIN/DR1/FCJF0/SI1027", lengths, labels, sample_rate=16000,
-    audio_format="sphere", lowercase=False, gap=0)`` returns the audio path; ``gap`` samples of
-    silence separate adjacent phones (unlabelled, as in places in real TIMIT).
+    audio_format="sphere", lowercase=False, gap=0, seed=0)`` returns the audio path; ``gap``
+    samples of silence separate adjacent phones (unlabelled, as in places in real TIMIT). It is
+    :func:`convae_lightning.synth.toy.write_toy_utterance`, the writer of every toy corpus.
     """
-
-    def write(
-        root: Path,
-        utterance_id: str,
-        lengths: Sequence[int],
-        labels: Sequence[str] | None = None,
-        sample_rate: int = 16000,
-        audio_format: str = "sphere",
-        lowercase: bool = False,
-        gap: int = 0,
-        seed: int = 0,
-    ) -> Path:
-        split, dialect, speaker, sentence = utterance_id.split("/")
-        labels = (
-            list(labels) if labels is not None else ["h#"] + ["aa"] * (len(lengths) - 2) + ["h#"]
-        )
-        rng = np.random.default_rng(seed)
-        audio, segments, cursor = [], [], 0
-        for i, (label, length) in enumerate(zip(labels, lengths, strict=True)):
-            if i and gap:
-                audio.append(np.zeros(gap))
-                cursor += gap
-            audio.append(tone(label, int(length), sample_rate, rng))
-            segments.append(Segment(cursor, cursor + int(length), label))
-            cursor += int(length)
-        return write_utterance(
-            root,
-            split,
-            dialect,
-            speaker,
-            sentence,
-            np.concatenate(audio),
-            segments,
-            text="a test sentence",
-            sample_rate=sample_rate,
-            audio_format=audio_format,  # type: ignore[arg-type]
-            lowercase=lowercase,
-        )
-
-    return write
+    return write_toy_utterance
 
 
 @pytest.fixture
@@ -118,6 +84,31 @@ def tiny_corpus(tmp_path, make_utterance) -> Path:
                 root, f"{split}/DR1/{speaker}/{sentence}", lengths, labels, seed=2 * s + k
             )
     return root
+
+
+# ------------------------------------------------------------------ damaged audio files
+
+
+def corrupt_flac_frames(path: Path) -> None:
+    """Damage a FLAC's compressed frames but not its STREAMINFO header: headers read, decoding
+    fails (what only a full decode finds)."""
+    data = bytearray(path.read_bytes())
+    for i in range(400, len(data) - 50, 7):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def write_streamed_flac(path: Path, audio: np.ndarray, sample_rate: int = 16000) -> Path:
+    """A FLAC whose STREAMINFO announces no length (total samples 0), as a pipe writes it:
+    libsndfile then reports 2**63 - 1 frames."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format="FLAC", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    # STREAMINFO starts at byte 8; its 36-bit total-samples field ends at byte 8 + 18.
+    data[8 + 13] &= 0xF0
+    data[8 + 14 : 8 + 18] = bytes(4)
+    path.write_bytes(bytes(data))
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,18 +19,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import corrupt_flac_frames
 
 from convae_lightning.data.features import FeatureConfig, PatchExtractor, patch_to_audio
+from convae_lightning.data.index import index_corpus
 from convae_lightning.data.phones import CLASS_INDEX_48, MAP_61_TO_48, PHONES_61
 from convae_lightning.data.prepare import (
+    STALE_PARTIAL_SECONDS,
     CorpusOptions,
     build_cache,
     corpus_key,
-    index_corpus,
+    remove_dead_builds,
 )
 from convae_lightning.data.stats import corpus_stats
 from convae_lightning.data.timit import CorpusError, find_utterances
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.toy import write_toy_corpus
 
 SPLITS = ("train", "val", "test")
 
@@ -45,7 +53,8 @@ def direct_raw_patches(cache: Path, root: Path, features: FeatureConfig) -> dict
 
     Reads .PHN files by hand and audio with soundfile, keeps the phones the cache says fit
     (``max_phone_length``), zero-pads each on both sides to ``segment_length`` and runs the
-    PatchExtractor; rows follow the corpus order (dialect, speaker, sentence).
+    PatchExtractor; rows follow the corpus order (dialect, speaker, sentence). Per split:
+    ``(patches, labels, padded segments, utterance ids, (start, end) spans)``.
     """
     meta = json.loads((cache / "meta.json").read_text())
     extractor = PatchExtractor(features).to(torch.float64)
@@ -53,7 +62,7 @@ def direct_raw_patches(cache: Path, root: Path, features: FeatureConfig) -> dict
     out = {}
     for split in SPLITS:
         speakers = set(meta["split_speakers"][split])
-        segments, labels = [], []
+        segments, labels, ids, spans = [], [], [], []
         for u in find_utterances(root):
             if u.speaker not in speakers:
                 continue
@@ -71,8 +80,10 @@ def direct_raw_patches(cache: Path, root: Path, features: FeatureConfig) -> dict
                 padded[offset : offset + end - start] = audio[start:end]
                 segments.append(padded)
                 labels.append(CLASS_INDEX_48[MAP_61_TO_48[label]])
+                ids.append(u.utterance_id)
+                spans.append((start, end))
         raw = extractor(torch.from_numpy(np.stack(segments))).numpy()
-        out[split] = (raw, np.array(labels), np.stack(segments))
+        out[split] = (raw, np.array(labels), np.stack(segments), ids, np.array(spans))
     return out
 
 
@@ -162,10 +173,28 @@ def test_training_mean_is_subtracted_from_every_split(toy_corpus, toy_cache):
     assert np.abs(train_x.astype(np.float64).mean(axis=0)).max() < 1e-5 * np.abs(mean).max() + 1e-6
     for split in SPLITS:
         x, y = load(toy_cache, split)
-        expected, labels, _ = raw[split]
+        expected, labels, *_ = raw[split]
         assert len(x) > 0
         np.testing.assert_array_equal(y, labels)
         np.testing.assert_allclose(x, expected - mean, rtol=1e-4, atol=1e-4)
+
+
+def test_every_patch_records_its_utterance_and_span(toy_corpus, toy_cache):
+    """``{split}_utt.npy`` and ``{split}_span.npy`` say where each patch came from (predict)."""
+    raw = direct_raw_patches(toy_cache, toy_corpus, FeatureConfig())
+    utterances = json.loads((toy_cache / "meta.json").read_text())["utterances"]
+    assert len(set(utterances)) == len(utterances)
+    assert set(utterances) == {u.utterance_id for u in find_utterances(toy_corpus)}
+    assert utterances[0].startswith("train/DR")  # ids as train/DR1/FCJF0/SI1027
+    for split in SPLITS:
+        utt, span = (
+            np.load(toy_cache / f"{split}_utt.npy"),
+            np.load(toy_cache / f"{split}_span.npy"),
+        )
+        _, _, _, ids, spans = raw[split]
+        assert utt.dtype == np.int32 and span.dtype == np.int64 and span.shape == (len(ids), 2)
+        assert [utterances[i] for i in utt] == ids
+        np.testing.assert_array_equal(span, spans)
 
 
 @pytest.mark.parametrize("representation", ["real_imag", "magnitude_phase", "real"])
@@ -180,11 +209,9 @@ def test_cached_patches_invert_to_the_padded_segment(toy_corpus, tmp_path, repre
         np.corrcoef(patch_to_audio(x[i], mean, features).numpy(), padded[i])[0, 1] for i in range(8)
     ]
     print(f"{representation}: inversion correlation {np.round(correlations, 4).tolist()}")
-    if representation == "real":
-        # Real part only: a lossy inversion; the thesis accepts the distortion.
-        assert 0.5 < min(correlations) < 0.99
-    else:
-        assert min(correlations) > 0.99
+    # The real part too: its least-squares inverse loses only the last frame's folded half,
+    # which the padding leaves silent (docs/data.md).
+    assert min(correlations) > 0.99
 
 
 # --------------------------------------------------------------------------- resampling
@@ -237,7 +264,8 @@ def test_second_run_reuses_the_cache_untouched(toy_corpus, tmp_path):
     assert {p.name for p in first.iterdir()} == {
         "meta.json",
         "mean.npy",
-        *(f"{s}_{k}.npy" for s in SPLITS for k in ("x", "y", "speaker")),
+        "skipped.tsv",
+        *(f"{s}_{k}.npy" for s in SPLITS for k in ("x", "y", "speaker", "utt", "span")),
     }
     second = build_cache(toy_corpus, tmp_path / "cache", progress=False)
     assert second == first
@@ -372,14 +400,6 @@ def flac_corpus(tmp_path):
     )
 
 
-def corrupt_flac_frames(path: Path) -> None:
-    """Damage the compressed frames but not the STREAMINFO header: headers read, decoding fails."""
-    data = bytearray(path.read_bytes())
-    for i in range(400, len(data) - 50, 7):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_failure_midway_through_features_leaves_no_cache(flac_corpus, tmp_path):
     """A TEST file whose header is fine but whose audio cannot decode fails the build after the
     training features were written; nothing a later run would trust may remain."""
@@ -445,3 +465,79 @@ def test_concurrent_cache_folder_is_not_clobbered(toy_corpus, tmp_path):
     os.utime(cache / "meta.json", ns=(1, 1))
     again = build_cache(toy_corpus, tmp_path / "cache", progress=False)
     assert again == cache and (cache / "meta.json").stat().st_mtime_ns == 1
+
+
+# --------------------------------------------------------------------------- half-built folders
+
+
+def build_until_killed(root: Path, cache_dir: Path) -> None:
+    """Run in a child process: build a cache and SIGKILL itself while patches are written."""
+
+    def kill_when_writing(signum, frame):  # no cleanup code of any kind can run
+        if list(cache_dir.glob(".*.partial/train_x.npy")):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, kill_when_writing)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    build_cache(root, cache_dir, FeatureConfig(deltas=2), progress=False, batch_size=4)
+
+
+def test_killed_build_is_cleaned_up_by_the_next_run(toy_corpus, tmp_path):
+    cache_dir = tmp_path / "cache"
+    # A forked child: a real process of its own (its pid dies with it), without a fresh import.
+    child = multiprocessing.get_context("fork").Process(
+        target=build_until_killed, args=(toy_corpus, cache_dir)
+    )
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == -signal.SIGKILL
+    (dead,) = cache_dir.glob(".*.partial")
+    assert (dead / "train_x.npy").is_file() and (dead / "owner.json").is_file()
+    live = partial_folder(cache_dir, "live", {"pid": os.getpid(), "host": socket.gethostname()})
+    cache = build_cache(toy_corpus, cache_dir, progress=False)
+    assert not dead.exists(), "the killed build's folder is still there"
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([cache.name, live.name])
+
+
+def partial_folder(cache_dir: Path, name: str, owner: dict | str | None, age_s: float = 0) -> Path:
+    """A half-built cache folder; ``owner``: its marker (a dict as JSON, a str as it is)."""
+    folder = cache_dir / f".{name}.x.partial"
+    folder.mkdir(parents=True)
+    (folder / "train_x.npy").write_bytes(bytes(1000))
+    if owner is not None:
+        text = owner if isinstance(owner, str) else json.dumps(owner)
+        (folder / "owner.json").write_text(text)
+    when = time.time() - age_s
+    os.utime(folder, (when, when))
+    return folder
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+OLD = STALE_PARTIAL_SECONDS + 60
+
+
+@pytest.mark.parametrize(
+    ("owner", "age_s", "removed"),
+    [
+        ({"pid": "dead", "host": "here"}, 0, True),  # died a moment ago: removed at once
+        ({"pid": "self", "host": "here"}, OLD, False),  # alive: never touched, however old
+        ({"pid": 1, "host": "elsewhere"}, 0, False),  # another host's: cannot be asked
+        ({"pid": 1, "host": "elsewhere"}, OLD, True),  # ... unless it is that old
+        (None, 0, False),  # no marker (yet): a build that just started
+        (None, OLD, True),  # no marker and old: an older version's leftover
+        ("{not json", OLD, True),
+    ],
+)
+def test_only_partial_folders_of_dead_builds_are_removed(tmp_path, owner, age_s, removed):
+    if isinstance(owner, dict):
+        pid = {"dead": dead_pid(), "self": os.getpid()}.get(owner["pid"], owner["pid"])
+        host = socket.gethostname() if owner["host"] == "here" else owner["host"]
+        owner = {"pid": pid, "host": host}
+    folder = partial_folder(tmp_path, "k", owner, age_s)
+    assert remove_dead_builds(tmp_path) == ([folder] if removed else [])
+    assert folder.exists() != removed

@@ -10,7 +10,7 @@ import pytest
 from convae_lightning.data.prepare import CorpusOptions, build_cache
 from convae_lightning.data.splits import CORE_TEST_SPEAKERS, DEV_SPEAKERS, assign_splits
 from convae_lightning.data.timit import find_utterances
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.toy import write_toy_corpus
 
 
 def speakers_of(utterances):

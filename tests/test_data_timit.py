@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import corrupt_flac_frames, write_streamed_flac
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from convae_lightning.data.layout import SPHERE_HEADER_BYTES, write_sphere
 from convae_lightning.data.timit import (
+    SPHERE_HEADER_BYTES,
     CorpusError,
-    PhoneSegment,
+    Segment,
     audio_info,
     find_utterances,
     read_audio,
     read_phones,
 )
-from convae_lightning.data.toy import write_toy_corpus
+from convae_lightning.synth.layout import write_audio
+from convae_lightning.synth.toy import write_toy_corpus
 
 SPEAKERS = {"TRAIN": 2, "TEST": 1}
 
@@ -131,10 +138,10 @@ def test_read_phones_parses_offsets_labels_and_tolerates_gaps(tmp_path):
     phn = tmp_path / "SI1.PHN"
     phn.write_text("0 100 h#\n100 250 AX-H\n\n260 400 q\n400 520 zh\n")  # gap at 250..260
     assert read_phones(phn, num_samples=520) == [
-        PhoneSegment(0, 100, "h#"),
-        PhoneSegment(100, 250, "ax-h"),
-        PhoneSegment(260, 400, "q"),
-        PhoneSegment(400, 520, "zh"),
+        Segment(0, 100, "h#"),
+        Segment(100, 250, "ax-h"),
+        Segment(260, 400, "q"),
+        Segment(400, 520, "zh"),
     ]
 
 
@@ -168,7 +175,7 @@ def test_empty_phn_is_an_error(tmp_path):
 
 def test_truncated_sphere_is_detected(tmp_path):
     path = tmp_path / "SI1.WAV"
-    write_sphere(path, np.zeros(4000) + 0.1)
+    write_audio(path, np.zeros(4000) + 0.1)
     path.write_bytes(path.read_bytes()[: SPHERE_HEADER_BYTES + 2 * 1000])
     with pytest.raises(CorpusError, match=re.escape(f"{path}: truncated: header announces 4000")):
         audio_info(path)
@@ -206,3 +213,114 @@ def test_wav_without_phn(tmp_path, layouts):
     # Listed without labels, so that indexing counts it as skipped (test_data_errors).
     assert len(listed) == 6
     assert [u.audio_path for u in listed if u.phn_path is None] == [victim.audio_path]
+
+
+# --------------------------------------------------------------------------- damaged audio
+
+
+def test_unknown_length_stream_is_a_corpus_error_not_a_huge_array(tmp_path):
+    path = write_streamed_flac(tmp_path / "SX1.flac", np.full(3000, 1000, np.int16))
+    assert sf.info(str(path)).frames == 2**63 - 1
+    for read in (audio_info, read_audio):
+        with pytest.raises(CorpusError, match=re.escape(f"{path}: the header announces no length")):
+            read(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_a_corpus_error(tmp_path, bad):
+    path = tmp_path / "SX1.WAV.wav"
+    audio = np.full(4000, 0.1, dtype=np.float32)
+    audio[1234] = bad
+    sf.write(str(path), audio, 16000, subtype="FLOAT")
+    assert audio_info(path).num_samples == 4000  # the header is fine: only a decode finds it
+    with pytest.raises(
+        CorpusError,
+        match=re.escape(f"{path}: 1 NaN or infinite sample(s), the first at sample 1234"),
+    ):
+        read_audio(path)
+
+
+def test_frames_that_do_not_decode_are_a_corpus_error(tmp_path):
+    path = tmp_path / "SX1.flac"
+    sf.write(str(path), (np.sin(np.arange(20000) / 5) * 9000).astype(np.int16), 16000)
+    corrupt_flac_frames(path)
+    assert audio_info(path).num_samples == 20000
+    with pytest.raises(CorpusError, match=re.escape(f"{path}: ")):
+        read_audio(path)
+
+
+@cache
+def _fuzz_bases() -> dict[str, bytes]:
+    """Small valid files of every kind the reader meets (name -> bytes, the suffix matters)."""
+    audio = (np.sin(np.arange(2000) / 7) * 8000).astype(np.int16)
+    bases = {}
+    for name, container, subtype, data in (
+        ("a.WAV", "NIST", "PCM_16", audio),
+        ("a.WAV.wav", "WAV", "PCM_16", audio),
+        ("f.WAV.wav", "WAV", "FLOAT", audio / 32768.0),
+        ("a.flac", "FLAC", "PCM_16", audio),
+    ):
+        buffer = io.BytesIO()
+        sf.write(buffer, data, 16000, format=container, subtype=subtype)
+        bases[name] = buffer.getvalue()
+    return bases
+
+
+#: Values that break length and rate arithmetic when written into a header field.
+EXTREMES = [0, 1, 2**15, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**36 - 1, 2**63 - 1, 2**64 - 1]
+
+
+@st.composite
+def damaged_audio(draw) -> tuple[str, bytes]:
+    """A valid file with header fields overwritten, bytes flipped and/or cut short; or noise."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(sorted(_fuzz_bases()))), draw(st.binary(max_size=2048))
+    name = draw(st.sampled_from(sorted(_fuzz_bases())))
+    data = bytearray(_fuzz_bases()[name])
+    header = 1100 if name.endswith(".WAV") else 120
+    for _ in range(draw(st.integers(0, 3))):  # a numeric field: any width, either byte order
+        width = draw(st.sampled_from([1, 2, 3, 4, 8]))
+        value = draw(st.sampled_from(EXTREMES) | st.integers(0, 2**64 - 1)) % 256**width
+        offset = draw(st.integers(0, header))
+        data[offset : offset + width] = value.to_bytes(
+            width, draw(st.sampled_from(["little", "big"]))
+        )
+    for _ in range(draw(st.integers(0, 4))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    if name.endswith(".WAV") and draw(st.booleans()):  # a SPHERE text field
+        text = data[:1024].decode("ascii", "replace")
+        field = draw(
+            st.sampled_from(["sample_count", "sample_rate", "channel_count", "sample_n_bytes"])
+        )
+        number = draw(st.sampled_from(EXTREMES) | st.integers(-5, 10**20))
+        text = re.sub(rf"{field} -i -?\d+", f"{field} -i {number}", text)
+        data[:1024] = text.encode("ascii", "replace")[:1024].ljust(1024, b" ")
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return name, bytes(data)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+# CI runs the profile's example count (hypothesis's default, 100); the big run is
+# `pytest tests/test_data_timit.py -k fuzz --hypothesis-profile fuzz` (conftest: 240,000 inputs).
+@settings(deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=damaged_audio())
+def test_fuzzed_audio_raises_only_corpus_errors_naming_the_file(fuzz_dir, case):
+    name, data = case
+    path = fuzz_dir / name
+    path.unlink(missing_ok=True)  # ext4 flushes a file truncated and rewritten: 1-8 ms each
+    path.write_bytes(data)
+    for read in (audio_info, read_audio):
+        try:
+            result = read(path)
+        except CorpusError as error:
+            assert error.path == path
+            continue
+        if read is read_audio:
+            samples, rate = result
+            assert samples.dtype == np.float32 and samples.ndim == 1 and len(samples) > 0
+            assert rate > 0 and np.isfinite(samples).all()

@@ -13,6 +13,7 @@ from convae_lightning.models import (
     AutoencoderClassifier,
     ConvAutoencoder,
     ForwardClassifier,
+    NonFiniteLossError,
     StackedAutoencoder,
 )
 from convae_lightning.nn import conv_transpose_weight
@@ -168,7 +169,7 @@ def test_autoencoder_checkpoint_into_classifier(tmp_path, datamodule) -> None:
     ae_state = _snapshot(ae)
 
     fixed = AutoencoderClassifier(
-        input_shape=shape, autoencoder_checkpoint=path, encoder="fixed", **TINY_ARCH
+        input_shape=shape, autoencoder_checkpoint=path, encoder="pretrained_fixed", **TINY_ARCH
     )
     pre = AutoencoderClassifier(
         input_shape=shape, autoencoder_checkpoint=path, encoder="pretrained", **TINY_ARCH
@@ -185,7 +186,7 @@ def test_autoencoder_checkpoint_into_classifier(tmp_path, datamodule) -> None:
 
     # A checkpoint whose architecture does not fit, and one of the wrong kind.
     other = dict(TINY_ARCH, conv_channels=(6, 4, 8, 16))
-    with pytest.raises(ValueError, match="autoencoder_checkpoint: layer 0"):
+    with pytest.raises(ValueError, match="autoencoder_checkpoint: convolution 0"):
         AutoencoderClassifier(input_shape=shape, autoencoder_checkpoint=path, **other)
     clf_path = str(tmp_path / "clf.ckpt")
     trainer = tiny_trainer(tmp_path)
@@ -287,7 +288,7 @@ def test_non_finite_loss_stops_the_run(tmp_path) -> None:
     dm.setup("fit")
     dm._splits["train"].tensors[0][:] = float("nan")
     model = ForwardClassifier(input_shape=TINY_SHAPE, **TINY_ARCH)
-    with pytest.raises(FloatingPointError, match="training loss is nan"):
+    with pytest.raises(NonFiniteLossError, match="training loss is nan"):
         tiny_trainer(tmp_path).fit(model, dm)
 
 

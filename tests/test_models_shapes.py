@@ -33,6 +33,39 @@ def test_autoencoder_shapes_every_depth(input_shape, codes, depth) -> None:
         assert blind(x).shape == x.shape
 
 
+def test_forward_variant_literal_lists_every_preset() -> None:
+    from typing import get_args
+
+    from convae_lightning.models.classifier import ForwardVariant
+    from convae_lightning.nn import FORWARD_VARIANTS
+
+    assert set(get_args(ForwardVariant)) == set(FORWARD_VARIANTS)
+
+
+THESIS_POOLS = {
+    "pool_sizes": [[5, 1], [5, 1], [5, 1], "global"],
+    "pool_strides": [[2, 2]] * 3 + [None],
+}
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: ConvAutoencoder(**THESIS_POOLS),
+        lambda: StackedAutoencoder(initial_units=4, **THESIS_POOLS),
+        lambda: ForwardClassifier(**THESIS_POOLS),
+        lambda: AutoencoderClassifier(encoder="random", **THESIS_POOLS),
+    ],
+)
+def test_literal_thesis_pooling_gives_figure2_maps(factory) -> None:
+    model = factory()
+    assert [s.output_shape for s in model.specs] == list(FIGURE2_CODES.values())
+    x = torch.randn(2, 1, 201, 16)
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert out.shape == ((2, 48) if hasattr(model, "head") else x.shape)
+
+
 def test_conv_inverse_architecture_has_no_pooling() -> None:
     model = ConvAutoencoder(num_units=1, architecture="conv_inverse")
     x = torch.randn(2, 1, 201, 16)
@@ -98,13 +131,20 @@ def test_parameter_names_are_shared_between_autoencoder_and_classifier() -> None
         (lambda: ConvAutoencoder(decoder_impl="fft"), "decoder_impl"),
         (lambda: ConvAutoencoder(frozen=["nothing.*"]), "frozen"),
         (lambda: StackedAutoencoder(mode="medium"), "mode"),
+        (lambda: StackedAutoencoder(architecture="conv_inverse"), "architecture must be 'units'"),
+        (lambda: StackedAutoencoder(unpool="nearest"), "unpool"),
+        (lambda: ConvAutoencoder(transpose_sync_bias="trained"), "needs a decoder_conv"),
+        (lambda: ConvAutoencoder(transpose_sync_bias="learnt"), "transpose_sync_bias"),
+        (lambda: ConvAutoencoder(pool_strides=[[2, 2]]), "equal lengths"),
+        (lambda: ForwardClassifier(pool_strides=[[2, 0], None, None, None]), "pool_strides"),
         (lambda: StackedAutoencoder(num_units=2, initial_units=3), "initial_units"),
         (lambda: ForwardClassifier(variant="2d"), "variant"),
         (lambda: ForwardClassifier(num_classes=0), "num_classes"),
         (lambda: ForwardClassifier(dropout=1.0), "dropout"),
         (lambda: ForwardClassifier(fc_sizes=(1000, -1)), "fc_sizes"),
         (lambda: ForwardClassifier(input_shape=(1, 5, 16), variant="frequency"), "input_shape"),
-        (lambda: AutoencoderClassifier(encoder="fixed"), "autoencoder_checkpoint"),
+        (lambda: AutoencoderClassifier(encoder="fixed"), "encoder must be one of"),
+        (lambda: AutoencoderClassifier(encoder="pretrained_fixed"), "autoencoder_checkpoint"),
         (lambda: AutoencoderClassifier(encoder="random", autoencoder_checkpoint="a"), "random"),
         (
             lambda: AutoencoderClassifier(autoencoder_checkpoint="/nonexistent.ckpt"),
@@ -115,3 +155,24 @@ def test_parameter_names_are_shared_between_autoencoder_and_classifier() -> None
 def test_bad_configs_fail_at_construction(factory, match) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         factory()
+
+
+def test_cli_lists_and_validates_every_autoencoder_argument_of_the_stacked_model() -> None:
+    # StackedAutoencoder takes **kwargs; jsonargparse resolves them to ConvAutoencoder's
+    # documented parameters, as LightningCLI's model.init_args does.
+    import inspect
+
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    from convae_lightning.models import ConvaeModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ConvaeModule, "model")
+    stacked = "convae_lightning.models.StackedAutoencoder"
+    config = parser.parse_args(["--model", stacked, "--model.init_args.unpool", "blind"])
+    expected = set(inspect.signature(ConvAutoencoder).parameters) | {"mode", "initial_units"}
+    assert set(vars(config.model.init_args)) == expected
+    assert config.model.init_args.unpool == "blind"
+    for bad in (["--model.init_args.unpool", "nearest"], ["--model.init_args.bogus", "1"]):
+        with pytest.raises(ArgumentError, match=bad[0].rsplit(".", 1)[1]):
+            parser.parse_args(["--model", stacked, *bad])

@@ -15,8 +15,10 @@ from convae_lightning.nn import (
     EncoderConv2d,
     MaxPool2dSwitches,
     SwitchUnpool2d,
+    build_layer_specs,
     conv_transpose_weight,
     decoder_conv2d,
+    global_max_pool_with_switches,
     pool_output_size,
 )
 
@@ -211,14 +213,104 @@ def test_init_transpose_then_trains_freely() -> None:
     assert dec.weight.grad is not None and enc.weight.grad is None
 
 
-def test_decoder_rejects_untransposable_kernels() -> None:
+@pytest.mark.parametrize(
+    ("encoder", "kwargs", "match"),
+    [
+        ((3, 4, (5, 3)), {"mode": "fixed"}, "decoder_conv must be one of"),
+        ((3, 4, (5, 3)), {"impl": "fft"}, "decoder_impl must be one of"),
+        ((3, 4, (5, 3)), {"mode": "transpose_sync", "sync_bias": "free"}, "sync_bias must be"),
+        ((3, 4, (5, 3), "valid"), {}, "same-padded"),
+    ],
+)
+def test_decoder_rejects_bad_arguments(encoder, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        DecoderConv2d(EncoderConv2d(*encoder), **kwargs)
+
+
+@pytest.mark.parametrize(("sync_bias", "bias_is_parameter"), [("zero", False), ("trained", True)])
+def test_transpose_sync_bias_is_a_fixed_zero_unless_trained(sync_bias, bias_is_parameter) -> None:
     enc = EncoderConv2d(3, 4, (5, 3))
-    with pytest.raises(ValueError, match=r"transpose_sync.*kernel"):
-        DecoderConv2d(enc, mode="transpose_sync", kernel_size=(3, 3))
-    with pytest.raises(ValueError, match="decoder_conv must be one of"):
-        DecoderConv2d(enc, mode="fixed")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="same-padded"):
-        DecoderConv2d(EncoderConv2d(3, 4, (5, 3), padding="valid"))
+    dec = DecoderConv2d(enc, mode="transpose_sync", sync_bias=sync_bias)
+    assert torch.equal(dec.bias, torch.zeros(3))
+    assert ("bias" in dict(dec.named_parameters())) == bias_is_parameter
+    assert ("bias" in dict(dec.named_buffers())) != bias_is_parameter
+    dec(torch.randn(2, 4, 9, 6, requires_grad=True)).sum().backward()
+    assert (dec.bias.grad is not None) == bias_is_parameter
+
+
+# ------------------------------------------------------------ deterministic global pooling
+@pytest.mark.parametrize("shape", [(2, 3, 22, 2), (1, 4, 1, 1), (3, 2, 5, 7)])
+def test_global_pool_with_switches_equals_adaptive_max_pool(shape) -> None:
+    x = torch.randn(*shape, dtype=torch.float64)
+    x[0, 0] = 1.5  # a whole map of ties: the first maximum wins, in values and gradients
+    x[-1, -1].view(-1)[-1] = 9.0  # a maximum in the last position
+    ours = x.clone().requires_grad_(True)
+    theirs = x.clone().requires_grad_(True)
+    y, switches = global_max_pool_with_switches(ours)
+    y_ref, switches_ref = F.adaptive_max_pool2d(theirs, 1, return_indices=True)
+    assert torch.equal(y, y_ref) and torch.equal(switches, switches_ref)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    (y_ref * upstream).sum().backward()
+    assert torch.equal(ours.grad, theirs.grad)
+    smooth = torch.randn(*shape, dtype=torch.float64, requires_grad=True)  # no ties
+    assert gradcheck(lambda v: global_max_pool_with_switches(v)[0], (smooth,))
+
+
+def test_switch_cae_with_global_pool_trains_under_deterministic_algorithms() -> None:
+    from convae_lightning.models import ConvAutoencoder
+
+    # No decoder ReLUs: with so few channels they could cut every gradient to the deep unit.
+    model = ConvAutoencoder((1, 32, 8), conv_channels=(2, 2, 4, 8), decoder_relu=False)
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    before = model.encoder[3].conv.weight.detach().clone()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        x = torch.randn(4, 1, 32, 8)
+        loss = (model(x) - x).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert model.encoder[3].pool.kernel_size is None  # the global pool with switches ran
+    assert not torch.equal(model.encoder[3].conv.weight, before)
+
+
+# --------------------------------------------------------------------------- pool strides
+def test_pool_strides_give_figure2_maps_with_5x1_windows() -> None:
+    # MatConvNet's scalar stride 2 on 5x1 windows: exactly Figure 2's 99x8 -> 48x4 -> 22x2.
+    specs = build_layer_specs(
+        (1, 201, 16),
+        (8, 16, 32, 1000),
+        ((8, 16), (5, 3), (5, 3), (5, 2)),
+        ((5, 1), (5, 1), (5, 1), "global"),
+        pool_strides=((2, 2), (2, 2), (2, 2), None),
+    )
+    assert [s.output_hw for s in specs] == [(99, 8), (48, 4), (22, 2), (1, 1)]
+    assert specs[0].signature()["pool_stride"] == [2, 2]
+    default = build_layer_specs((1, 201, 16), (8,), ((8, 16),), ((5, 1),))
+    assert default[0].pool_stride == (2, 1) and default[0].output_hw == (99, 16)
+
+
+@pytest.mark.parametrize(
+    ("strides", "match"),
+    [(((2, 0),), r"pool_strides\[0\]"), (((2, 2), (2, 2)), "equal lengths")],
+)
+def test_pool_strides_rejected(strides, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_layer_specs((1, 201, 16), (8,), ((8, 16),), ((5, 1),), pool_strides=strides)
+
+
+def test_unpooling_skipped_columns_restores_size() -> None:
+    # A 5x1 window with stride 2 in time reads every other column; the rest unpool to zero.
+    x = torch.randn(2, 3, 99, 8)
+    y, idx = MaxPool2dSwitches((5, 1), (2, 2))(x)
+    assert y.shape == (2, 3, 48, 4)
+    out = SwitchUnpool2d((5, 1), (2, 2))(y, idx, (99, 8))
+    assert out.shape == x.shape and torch.count_nonzero(out[..., 1::2]) == 0
+    blind = BlindUpsample2d((5, 1), (2, 2))(y, (99, 8))
+    assert blind.shape == x.shape and torch.count_nonzero(blind[..., 1::2]) == 0
 
 
 @pytest.mark.parametrize(
@@ -232,3 +324,22 @@ def test_decoder_rejects_untransposable_kernels() -> None:
 def test_encoder_conv_rejects_non_positive_sizes(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         EncoderConv2d(**kwargs)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_the_cpu() -> None:
+    # The script the GPU machine runs (benchmarks/gpu_check.py), kept working here on the CPU.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--steps", "2", "--batch_size", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "switch: 2 steps twice, identical weights: True; unit 4 trained: True" in result.stdout
+    assert result.stdout.rstrip().endswith("PASS")

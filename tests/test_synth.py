@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from convae_lightning.data import synth
+from convae_lightning.cli import main
 from convae_lightning.data.phones import PHONES_61
-from convae_lightning.data.synth import (
+from convae_lightning.data.timit import embedded_corpus_root
+from convae_lightning.synth import (
+    EMBEDDED_OPTIONS,
+    INSTALL_HINT,
     FestivalNotFoundError,
     Grammar,
-    embedded_corpus_path,
+    engine,
     festival_to_timit,
     make_speakers,
     synthesize_corpus,
 )
+from convae_lightning.synth import corpus as synth_corpus
 
 needs_festival = pytest.mark.skipif(
-    shutil.which("festival") is None, reason="Festival not installed (" + synth.INSTALL_HINT + ")"
+    shutil.which("festival") is None, reason="Festival not installed (" + INSTALL_HINT + ")"
 )
 VOWELS = {"aa", "ae", "ah", "ao", "aw", "ax", "ay", "eh", "er", "ey", "ih", "iy", "ow", "oy", "uw"}
 
@@ -76,9 +82,9 @@ def _check_layout(root: Path) -> list[Path]:
 
 
 def test_embedded_corpus_is_timit_layout() -> None:
-    root = embedded_corpus_path()
+    root = embedded_corpus_root()
     phns = _check_layout(root)
-    manifest = json.loads((root / synth.MANIFEST_NAME).read_text())
+    manifest = json.loads((root / synth_corpus.MANIFEST_NAME).read_text())
     assert manifest["complete"] and manifest["options"]["audio_format"] == "flac"
     assert len(phns) == manifest["utterances"]
     for phn in phns:
@@ -89,6 +95,31 @@ def test_embedded_corpus_is_timit_layout() -> None:
     assert manifest["classes_missing"] == ["dx", "el", "en", "epi", "ix"]
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     assert size < 10 * 2**20
+
+
+def test_embedded_corpus_manifest_command_regenerates_it(tmp_path: Path) -> None:
+    """The command recorded in the manifest parses (through `convae data synth`'s own parser)
+    into EMBEDDED_OPTIONS and the manifest's options, so rerunning it regenerates the corpus."""
+    from jsonargparse import ArgumentParser
+
+    manifest = json.loads((embedded_corpus_root() / synth_corpus.MANIFEST_NAME).read_text())
+    parser = ArgumentParser()
+    parser.add_function_arguments(synthesize_corpus, as_positional=True)
+    command = manifest["command"].split()
+    assert command[:3] == ["convae", "data", "synth"]
+    parsed = parser.parse_args(command[3:])
+    assert {key: parsed[key] for key in EMBEDDED_OPTIONS} == EMBEDDED_OPTIONS
+    for key in ("speakers", "sentences", "seed", "audio_format"):
+        assert manifest["options"][key] == parsed[key]
+
+
+def test_cli_rejects_a_wrong_value_naming_the_allowed_ones(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", str(tmp_path / "out"), "--audio_format", "mp3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mp3" in err and "'sphere', 'riff', 'flac'" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------ pure functions
@@ -156,14 +187,14 @@ def test_empty_word_list(tmp_path: Path) -> None:
 
 
 def test_festival_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without festival
     with pytest.raises(FestivalNotFoundError, match="apt-get install festival festvox-kallpc16k"):
         synthesize_corpus(tmp_path / "out", speakers=2, sentences=1)
 
 
 @needs_festival
 def test_voice_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(synth, "installed_voices", lambda: ["kal_diphone"])
+    monkeypatch.setattr(engine, "installed_voices", lambda: ["kal_diphone"])
     with pytest.raises(FestivalNotFoundError, match=r"cmu_us_slt_arctic_hts.*not installed"):
         synthesize_corpus(tmp_path / "out", speakers=2, sentences=1)
 
@@ -174,7 +205,7 @@ def test_voice_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("festival") is None:
-        pytest.skip("Festival not installed (" + synth.INSTALL_HINT + ")")
+        pytest.skip("Festival not installed (" + INSTALL_HINT + ")")
     out = tmp_path_factory.mktemp("synth") / "corpus"
     summary = synthesize_corpus(out, speakers=4, sentences=2, seed=1, progress=False)
     assert summary.utterances == summary.synthesized == 8
@@ -182,6 +213,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @needs_festival
 def test_synthesised_corpus_layout_and_boundaries(small_corpus: Path) -> None:
     phns = _check_layout(small_corpus)
@@ -205,9 +237,10 @@ def test_synthesised_corpus_layout_and_boundaries(small_corpus: Path) -> None:
     assert max(silence) < 0.25 * float(np.median(speech))
 
 
+@pytest.mark.slow
 @needs_festival
 def test_speakers_differ_in_pitch(small_corpus: Path) -> None:
-    manifest = json.loads((small_corpus / synth.MANIFEST_NAME).read_text())
+    manifest = json.loads((small_corpus / synth_corpus.MANIFEST_NAME).read_text())
     measured = {}
     for profile in manifest["speakers"]:
         folder = small_corpus / profile["split"] / profile["dialect"] / profile["speaker_id"]
@@ -218,6 +251,7 @@ def test_speakers_differ_in_pitch(small_corpus: Path) -> None:
     assert values[-1] > 1.3 * values[0]
 
 
+@pytest.mark.slow
 @needs_festival
 def test_datamodule_reads_synthesised_corpus(small_corpus: Path, tmp_path: Path) -> None:
     datamodule = pytest.importorskip("convae_lightning.data.datamodule")
@@ -231,10 +265,11 @@ def test_datamodule_reads_synthesised_corpus(small_corpus: Path, tmp_path: Path)
     assert 0.8 * phones <= held <= phones
 
 
+@pytest.mark.slow
 @needs_festival
 def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "corpus"
-    real = synth._finish_utterance
+    real = synth_corpus.finish_utterance
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -243,13 +278,13 @@ def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.Monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "_finish_utterance", flaky)
+    monkeypatch.setattr(synth_corpus, "finish_utterance", flaky)
     with pytest.raises(KeyboardInterrupt):
         synthesize_corpus(out, speakers=2, sentences=2, seed=5, workers=1, progress=False)
     assert not out.exists()  # nothing that looks like a finished corpus
     partial = tmp_path / "corpus.partial"
-    assert len((partial / synth.DONE_NAME).read_text().split()) == 2
-    monkeypatch.setattr(synth, "_finish_utterance", real)
+    assert len((partial / synth_corpus.DONE_NAME).read_text().split()) == 2
+    monkeypatch.setattr(synth_corpus, "finish_utterance", real)
     summary = synthesize_corpus(out, speakers=2, sentences=2, seed=5, workers=1, progress=False)
     assert summary.synthesized == 2 and summary.utterances == 4
     assert not partial.exists()
@@ -258,3 +293,19 @@ def test_interrupted_synthesis_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert synthesize_corpus(out, speakers=2, sentences=2, seed=5, progress=False).synthesized == 0
     with pytest.raises(FileExistsError, match="other options"):
         synthesize_corpus(out, speakers=2, sentences=1, seed=5, progress=False)
+
+
+@pytest.mark.slow
+@needs_festival
+def test_python_m_synth_is_the_convae_data_synth_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`python -m convae_lightning.synth` (run as -m runs it) parses into synthesize_corpus,
+    records the equivalent `convae data synth` command and prints a summary line."""
+    options = ["--speakers", "2", "--sentences", "1", "--seed", "3", "--audio_format", "flac"]
+    monkeypatch.setattr(sys, "argv", ["convae_lightning.synth", str(tmp_path / "a"), *options])
+    runpy.run_module("convae_lightning.synth", run_name="__main__")
+    assert "2 speakers (1 train, 1 test), 2 utterances" in capsys.readouterr().err
+    assert len(_check_layout(tmp_path / "a")) == 2
+    manifest = json.loads((tmp_path / "a" / synth_corpus.MANIFEST_NAME).read_text())
+    assert manifest["command"] == "convae data synth OUT " + " ".join(options)

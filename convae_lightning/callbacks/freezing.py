@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
+
+from convae_lightning.models.base import match_parameters
 
 
 class LayerFreezing(Callback):
@@ -25,6 +26,12 @@ class LayerFreezing(Callback):
     (Lightning#20340). Run DDP with ``strategy: ddp_find_unused_parameters_true`` so frozen
     parameters may go without gradients. On resume, the schedule up to the restored epoch is
     replayed before the optimiser state is loaded, so the parameter groups match the checkpoint.
+
+    Why not Lightning's ``BaseFinetuning``: it freezes whole modules in ``setup`` (before the
+    strategy wraps the model, which breaks unfreezing under DDP), only ever adds parameter groups
+    (frozen parameters stay in the optimiser with their state), and tells parameters apart by
+    value (``torch.equal``), not identity. We freeze weights and biases separately by name, at
+    any epoch, and take frozen parameters out of the optimiser.
 
     Args:
         freeze: Patterns frozen at fit start, e.g. ``["encoder.*.weight"]`` or
@@ -69,17 +76,7 @@ class LayerFreezing(Callback):
     @staticmethod
     def match(module: nn.Module, patterns: Iterable[str]) -> list[str]:
         """Names of the parameters matching any pattern; an unmatched pattern is an error."""
-        names = [name for name, _ in module.named_parameters()]
-        matched: list[str] = []
-        for pattern in patterns:
-            hits = fnmatch.filter(names, pattern)
-            if not hits:
-                raise ValueError(
-                    f"LayerFreezing: pattern {pattern!r} matches no parameter of "
-                    f"{type(module).__name__}; available: {names}"
-                )
-            matched.extend(h for h in hits if h not in matched)
-        return matched
+        return match_parameters(module, patterns, "LayerFreezing")
 
     @staticmethod
     def remove_from_optimizers(trainer: pl.Trainer, params: Iterable[nn.Parameter]) -> None:

@@ -1,8 +1,8 @@
-"""Log spectrogram images and audio of reconstructions of fixed validation patches."""
+"""Log spectrogram images and audio of reconstructions of fixed validation patches; the figure
+and audio helpers are shared with ``convae reconstruct``."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +12,32 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-log = logging.getLogger(__name__)
+from convae_lightning.callbacks.checks import require_module
+
+__all__ = [
+    "ReconstructionLogger",
+    "reconstruction_rows",
+    "rows_to_audio",
+    "spectrogram_figure",
+    "write_wav",
+]
 
 
 class ReconstructionLogger(Callback):
     """Every ``every_n_epochs`` epochs, reconstructs ``num_examples`` fixed validation patches.
 
-    For each patch it logs a spectrogram image with rows input / reconstruction / switch-only
-    reconstruction (``zero_code=True``, thesis 4.2.2's "chirp" leakage; when ``switch_only``) and
-    the audio of each (inverse STFT of the patch with the training mean added back). Images and
-    audio go to W&B (``wandb.Image``/``wandb.Audio``) or TensorBoard when such a logger is active,
-    and always to ``<log_dir>/reconstructions/epoch=N.png`` (+ ``.wav`` files).
+    For each patch it logs a spectrogram image with rows input / reconstruction / code zeroed
+    (decoded from the switches alone, thesis 4.2.2's "chirp" leakage; when ``switch_only`` and
+    the module unpools by switches) and
+    the audio of each (inverse STFT of the patch with the training mean added back, at the
+    datamodule's ``sample_rate``). Images and audio go to W&B (``wandb.Image``/``wandb.Audio``)
+    or TensorBoard when such a logger is active, and always to
+    ``<log_dir>/reconstructions/epoch=N.png`` (+ ``.wav`` files).
 
-    The patches are the first ``num_examples`` of a seeded permutation of the validation split, so
-    the same phones are shown every time and across runs with the same data.
+    The patches are ``datamodule.example_batch(num_examples, seed=seed)``: the same phones every
+    time and across runs with the same data.
 
     Args:
         every_n_epochs: Logging period in epochs.
@@ -60,13 +69,13 @@ class ReconstructionLogger(Callback):
 
     @staticmethod
     def check_module(pl_module: pl.LightningModule) -> None:
-        """Fail early (the CLI calls this before creating a run folder) on a module without
-        ``reconstruct``."""
-        if not hasattr(pl_module, "reconstruct"):
-            raise MisconfigurationException(
-                "ReconstructionLogger needs a module with reconstruct(); "
-                f"{type(pl_module).__name__} has none. Use an autoencoder or remove the callback."
-            )
+        """Fail early on a module without ``reconstruct``."""
+        require_module(
+            "ReconstructionLogger",
+            pl_module,
+            ["reconstruct"],
+            "Use an autoencoder or remove the callback.",
+        )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -80,103 +89,132 @@ class ReconstructionLogger(Callback):
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        x, labels = trainer.datamodule.example_batch(self.num_examples, seed=self.seed)
-        x = x.to(pl_module.device)
-        rows = {"input": x, "reconstruction": pl_module.reconstruct(x)}
-        if self.switch_only and _has_switches(pl_module):
-            rows["switch only"] = pl_module.reconstruct(x, zero_code=True)
-        rows = {k: v.detach().float().cpu() for k, v in rows.items()}
+        import matplotlib.pyplot as plt
+
+        datamodule = trainer.datamodule
+        x, labels = datamodule.example_batch(self.num_examples, seed=self.seed)
+        zero_code = self.switch_only and getattr(pl_module, "uses_switches", False)
+        rows = reconstruction_rows(pl_module, x, zero_code)
         epoch = trainer.current_epoch
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
         out_dir.mkdir(parents=True, exist_ok=True)
-        figure = spectrogram_figure(rows, labels, title=f"epoch {epoch}")
+        figure = spectrogram_figure(rows, [f"/{label}/" for label in labels], f"epoch {epoch}")
         png = out_dir / f"epoch={epoch}.png"
         figure.savefig(png, dpi=90)
-        audio = self._audio(trainer, rows) if self.audio else {}
+        sample_rate = datamodule.sample_rate
+        audio = {}
+        if self.audio:
+            audio = rows_to_audio(rows, datamodule.features, datamodule.mean_spectrogram)
         for name, waves in audio.items():
             for i, wave in enumerate(waves):
-                _write_wav(out_dir / f"epoch={epoch}-{i}-{name.replace(' ', '_')}.wav", wave)
+                write_wav(out_dir / f"epoch={epoch}-{i}-{_tag(name)}.wav", wave, sample_rate)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                _log_wandb(logger, png, audio, labels, trainer.global_step)
+                _log_wandb(logger, png, audio, labels, sample_rate, trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
-                _log_tensorboard(logger, figure, audio, trainer.global_step)
-        import matplotlib.pyplot as plt
-
+                _log_tensorboard(logger, figure, audio, sample_rate, trainer.global_step)
         plt.close(figure)
 
-    @staticmethod
-    def _audio(trainer: pl.Trainer, rows: dict[str, torch.Tensor]) -> dict[str, list[np.ndarray]]:
-        from convae_lightning.data.features import patch_to_audio
 
-        datamodule = trainer.datamodule
-        config, mean = datamodule.features, datamodule.mean_spectrogram
-        if config.representation in ("log_mel", "mfcc"):
-            return {}
-        out: dict[str, list[np.ndarray]] = {}
-        for name, patches in rows.items():
-            waves = [patch_to_audio(p, mean, config).float().numpy() for p in patches]
-            out[name] = [w / max(1e-6, float(np.abs(w).max())) * 0.9 for w in waves]
-        return out
+def reconstruction_rows(
+    pl_module: Any, x: torch.Tensor, zero_code: bool
+) -> dict[str, torch.Tensor]:
+    """``{"input", "reconstruction"[, "code zeroed"]}`` patches ``(N, C, F, T)`` on the CPU.
 
-
-def _has_switches(pl_module: pl.LightningModule) -> bool:
-    """Whether a zero code still carries information (some active decoder unpools by switches)."""
-    units = getattr(pl_module, "active_units", lambda: [])()
-    return any(u.decoder.needs_switches for u in units)
+    ``code zeroed`` decodes a zeroed code with the switches kept: Figure 3's "mangled" output
+    (with blind upsampling it shows what the decoder makes of nothing).
+    """
+    x = x.to(pl_module.device)
+    rows = {"input": x, "reconstruction": pl_module.reconstruct(x)}
+    if zero_code:
+        rows["code zeroed"] = pl_module.reconstruct(x, zero_code=True)
+    return {k: v.detach().float().cpu() for k, v in rows.items()}
 
 
-def spectrogram_figure(rows: dict[str, torch.Tensor], labels: list[str], title: str = "") -> Any:
-    """A grid: one row per kind (input, reconstruction, ...), one column per patch (channel 0)."""
+def rows_to_audio(
+    rows: dict[str, torch.Tensor], config: Any, mean: np.ndarray | None, normalise: bool = True
+) -> dict[str, list[np.ndarray]]:
+    """The audio of every patch (training mean added back), each peak-normalised to 0.9 unless
+    ``normalise`` is off; empty for representations that cannot be inverted (``log_mel``,
+    ``mfcc``)."""
+    from convae_lightning.data.features import patch_to_audio
+
+    if config.representation in ("log_mel", "mfcc"):
+        return {}
+    out: dict[str, list[np.ndarray]] = {}
+    for name, patches in rows.items():
+        waves = [patch_to_audio(p, mean, config).float().numpy() for p in patches]
+        if normalise:
+            waves = [w / max(1e-6, float(np.abs(w).max())) * 0.9 for w in waves]
+        out[name] = waves
+    return out
+
+
+def spectrogram_figure(rows: dict[str, torch.Tensor], titles: list[str], title: str = "") -> Any:
+    """A grid: one row per kind (input, reconstruction, ...), one column per patch (channel 0).
+
+    Each row has one colour scale, symmetric around zero, with its colour bar: a reconstruction
+    at the wrong scale shows as such instead of being stretched to look right.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    n_rows, n_cols = len(rows), len(labels)
+    n_rows, n_cols = len(rows), len(titles)
     figure, axes = plt.subplots(
-        n_rows, n_cols, figsize=(1.8 * n_cols + 1, 2.4 * n_rows), squeeze=False
+        n_rows,
+        n_cols,
+        figsize=(1.8 * n_cols + 1.6, 2.4 * n_rows),
+        squeeze=False,
+        layout="constrained",
     )
     for r, (name, patches) in enumerate(rows.items()):
+        limit = float(patches[:, 0].abs().max()) or 1.0
         for c in range(n_cols):
-            image = patches[c, 0].numpy()
-            limit = float(np.abs(rows["input"][c, 0].numpy()).max()) or 1.0
-            axes[r, c].imshow(image, origin="lower", aspect="auto", cmap="RdBu_r",
-                              vmin=-limit, vmax=limit)  # fmt: skip
+            image = axes[r, c].imshow(patches[c, 0].numpy(), origin="lower", aspect="auto",
+                                      cmap="RdBu_r", vmin=-limit, vmax=limit)  # fmt: skip
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if r == 0:
-                axes[r, c].set_title(f"/{labels[c]}/", fontsize=9)
+                axes[r, c].set_title(titles[c], fontsize=9)
             if c == 0:
                 axes[r, c].set_ylabel(name, fontsize=9)
+        figure.colorbar(image, ax=axes[r, :].tolist(), shrink=0.9)
     figure.suptitle(title)
-    figure.tight_layout()
     return figure
 
 
-def _write_wav(path: Path, wave: np.ndarray, sample_rate: int = 16000) -> None:
+def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM WAV at ``sample_rate`` (the corpus's rate: anything else changes the pitch)."""
     import soundfile as sf
 
     sf.write(path, wave, sample_rate, subtype="PCM_16")
 
 
-def _log_wandb(logger: WandbLogger, png: Path, audio: dict, labels: list[str], step: int) -> None:
+def _tag(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def _log_wandb(
+    logger: WandbLogger, png: Path, audio: dict, labels: list[str], sample_rate: int, step: int
+) -> None:
     import wandb
 
     payload: dict[str, Any] = {"reconstructions/spectrograms": wandb.Image(str(png))}
     for name, waves in audio.items():
-        payload[f"reconstructions/audio_{name.replace(' ', '_')}"] = [
-            wandb.Audio(w, sample_rate=16000, caption=f"/{labels[i]}/") for i, w in enumerate(waves)
+        payload[f"reconstructions/audio_{_tag(name)}"] = [
+            wandb.Audio(w, sample_rate=sample_rate, caption=f"/{labels[i]}/")
+            for i, w in enumerate(waves)
         ]
     logger.experiment.log({**payload, "trainer/global_step": step})
 
 
-def _log_tensorboard(logger: TensorBoardLogger, figure: Any, audio: dict, step: int) -> None:
+def _log_tensorboard(
+    logger: TensorBoardLogger, figure: Any, audio: dict, sample_rate: int, step: int
+) -> None:
     logger.experiment.add_figure("reconstructions/spectrograms", figure, step, close=False)
     for name, waves in audio.items():
         for i, wave in enumerate(waves):
-            tag = f"reconstructions/audio_{name.replace(' ', '_')}_{i}"
-            logger.experiment.add_audio(tag, torch.from_numpy(wave), step, sample_rate=16000)
-
-
-__all__ = ["ReconstructionLogger", "spectrogram_figure"]
+            tag = f"reconstructions/audio_{_tag(name)}_{i}"
+            logger.experiment.add_audio(tag, torch.from_numpy(wave), step, sample_rate=sample_rate)

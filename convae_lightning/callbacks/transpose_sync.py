@@ -6,29 +6,30 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
+
+from convae_lightning.callbacks.checks import require_module
 
 
 class TiedTransposeSync(Callback):
     """Re-sets every ``decoder_conv="transpose_sync"`` decoder to ``T(encoder.weight)``.
 
     The thesis's "decoder fixed to the transpose" (4.2.1): the decoder has no gradient and no
-    optimiser state of its own; after every optimiser step (and at fit start, and after a
-    checkpoint is loaded) it is copied from the encoder it inverts. The module must expose
-    ``sync_transposes()`` (every autoencoder of this package does).
+    optimiser state of its own (its bias is a fixed zero unless the model's
+    ``transpose_sync_bias`` says ``trained``); after every optimiser step (and at fit start, and
+    after a checkpoint is loaded) its weight is copied from the encoder it inverts. The module
+    must expose ``sync_transposes()`` (every autoencoder of this package does).
     """
 
     @staticmethod
     def check_module(pl_module: pl.LightningModule) -> None:
-        """Fail early (the CLI calls this before creating a run folder) on a module without
-        ``sync_transposes``."""
-        if not hasattr(pl_module, "sync_transposes"):
-            raise MisconfigurationException(
-                f"TiedTransposeSync needs a module with sync_transposes(); "
-                f"{type(pl_module).__name__} has none. Use it with ConvAutoencoder or "
-                "StackedAutoencoder, or remove the callback."
-            )
+        """Fail early on a module without ``sync_transposes``."""
+        require_module(
+            "TiedTransposeSync",
+            pl_module,
+            ["sync_transposes"],
+            "Use it with ConvAutoencoder or StackedAutoencoder, or remove the callback.",
+        )
 
     @classmethod
     def sync(cls, pl_module: pl.LightningModule) -> None:

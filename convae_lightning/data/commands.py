@@ -6,12 +6,12 @@ import json
 
 from rich.console import Console
 
-from convae_lightning.data.datamodule import TimitDataModule, embedded_corpus_root
+from convae_lightning.data.datamodule import TimitDataModule
 from convae_lightning.data.features import Representation
-from convae_lightning.data.prepare import CorpusOptions
+from convae_lightning.data.index import CorpusOptions, SkippedFile, write_skipped_report
 from convae_lightning.data.splits import SplitScheme
 from convae_lightning.data.stats import corpus_stats, print_stats
-from convae_lightning.data.timit import OnError
+from convae_lightning.data.timit import OnError, embedded_corpus_root
 
 
 def stats(
@@ -22,6 +22,7 @@ def stats(
     discard_longest: float = 0.05,
     on_error: OnError = "raise",
     json_output: bool = False,
+    skipped_report: str | None = None,
 ) -> None:
     """Describe a TIMIT-layout corpus: utterances, speakers, phones per class, durations.
 
@@ -31,8 +32,9 @@ def stats(
         val_fraction: share of TRAIN speakers held out for validation (thesis scheme).
         include_sa: keep the SA sentences.
         discard_longest: fraction of longest training phones discarded before padding.
-        on_error: raise on the first bad file, or skip bad files with a warning.
+        on_error: raise on the first bad file, or skip bad files, each one listed.
         json_output: print JSON instead of tables.
+        skipped_report: also write the skipped files to this TSV file (path, line, reason).
     """
     options = CorpusOptions(
         include_sa=include_sa,
@@ -42,6 +44,8 @@ def stats(
         on_error=on_error,
     )
     result = corpus_stats(root or embedded_corpus_root(), options)
+    if skipped_report is not None:
+        write_skipped_report(skipped_report, [SkippedFile(**s) for s in result["skipped"]])
     if json_output:
         print(json.dumps(result, indent=2))
     else:
@@ -73,7 +77,8 @@ def prepare(
         num_frames: force the patch width T.
         representation: real, magnitude, magnitude_phase, real_imag, log_mel or mfcc.
         deltas: 0, 1 or 2 delta channels.
-        on_error: raise on the first bad file, or skip bad files with a warning.
+        on_error: raise on the first bad file, or skip bad files, each one listed (and in
+            skipped.tsv in the cache folder).
         seed: seed of the validation-speaker choice.
     """
     datamodule = TimitDataModule(
@@ -101,3 +106,8 @@ def prepare(
             f"(longer than {meta['max_phone_length']} samples), "
             f"{len(meta['split_speakers'][split])} speakers"
         )
+    if meta["skipped"]:
+        report = datamodule.cache_path / "skipped.tsv"
+        console.print(f"skipped {len(meta['skipped'])} bad file(s), listed in {report}:")
+        for line in meta["skipped"]:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -19,17 +18,12 @@ from convae_lightning.data.phones import PHONES_48
 from convae_lightning.data.prepare import CorpusOptions, build_cache, default_cache_dir
 from convae_lightning.data.sampler import StratifiedResampler
 from convae_lightning.data.splits import SplitScheme
-from convae_lightning.data.timit import OnError
+from convae_lightning.data.timit import OnError, embedded_corpus_root
 from convae_lightning.runs import EVAL_VIEWS
 
 log = logging.getLogger(__name__)
 
 EvalDistribution = Literal["balanced", "natural", "both"]
-
-
-def embedded_corpus_root() -> Path:
-    """The synthetic TIMIT-layout corpus shipped in the package (``convae_lightning/corpus``)."""
-    return Path(str(resources.files("convae_lightning") / "corpus"))
 
 
 class PatchDataset(Dataset):
@@ -307,4 +301,4 @@ class TimitDataModule(pl.LightningDataModule):
         return self._eval_loaders("test")
 
 
-__all__ = ["PatchDataset", "TimitDataModule", "embedded_corpus_root"]
+__all__ = ["PatchDataset", "TimitDataModule"]

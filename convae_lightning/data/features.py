@@ -3,15 +3,23 @@
 Framing: a 17 ms Hamming window (272 samples at 16 kHz) moved by 9.5 ms (152 samples, i.e. 7.5 ms
 overlap) over the zero-padded phone, 201 frequency bins (n_fft 400). Frame ``t`` covers samples
 ``[152 t, 152 t + 272)`` of the padded segment, so a segment of ``272 + 152 (T - 1)`` samples gives
-exactly ``T`` frames (2,552 samples -> 16 frames, the thesis's 201 x 16 patches). ``torch.stft``
-centres the short window inside each 400-sample frame, so segments are padded by 64 samples on each
-side before the transform; ``center=False`` keeps the frame count exact.
+exactly ``T`` frames (2,552 samples -> 16 frames, the thesis's 201 x 16 patches).
+
+Where the window sits in the 400-sample FFT frame (``FeatureConfig.window_position``) changes the
+phase of every bin, hence the real part the thesis keeps: ``"start"`` (default) is MATLAB's
+``fft(x .* hamming(272), 400)``, which zero-pads at the end, so patch column ``t`` is
+``Re(rfft(pad_end(x[152t : 152t + 272] * hamming(272), 400)))``; ``"center"`` is what
+``torch.stft`` does with a short window. Both run as ``torch.stft`` with a window of length n_fft
+holding the Hamming at its place and ``center=False`` (frame count exact). The window is the
+symmetric Hamming (``periodic=False``), as MATLAB's ``hamming(N)``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -28,6 +36,8 @@ REPRESENTATIONS: tuple[str, ...] = (
     "log_mel",
     "mfcc",
 )
+WindowPosition = Literal["start", "center"]
+WINDOW_POSITIONS: tuple[str, ...] = ("start", "center")
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,8 @@ class FeatureConfig:
         window_ms: Hamming window length (thesis: 17 ms).
         overlap_ms: overlap of consecutive windows (thesis: 7.5 ms).
         n_fft: FFT size; ``n_fft // 2 + 1`` frequency bins (thesis: 201 bins).
+        window_position: where the window sits in the n_fft-sample FFT frame: ``start`` (the
+            thesis's MATLAB ``fft(x, n_fft)``, zero-padded at the end) or ``center``.
         representation: ``real`` (thesis), ``magnitude``, ``magnitude_phase`` and ``real_imag``
             (2 channels), ``log_mel`` or ``mfcc``.
         deltas: 0, 1 (add delta) or 2 (add delta and delta-delta) channels, via torchaudio.
@@ -50,6 +62,7 @@ class FeatureConfig:
     window_ms: float = 17.0
     overlap_ms: float = 7.5
     n_fft: int = 400
+    window_position: WindowPosition = "start"
     representation: Representation = "real"
     deltas: int = 0
     n_mels: int = 40
@@ -59,6 +72,10 @@ class FeatureConfig:
         if self.representation not in REPRESENTATIONS:
             raise ValueError(
                 f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}"
+            )
+        if self.window_position not in WINDOW_POSITIONS:
+            raise ValueError(
+                f"window_position must be one of {WINDOW_POSITIONS}, got {self.window_position!r}"
             )
         if self.deltas not in (0, 1, 2):
             raise ValueError(f"deltas must be 0, 1 or 2, got {self.deltas!r}")
@@ -82,6 +99,11 @@ class FeatureConfig:
     @property
     def hop_length(self) -> int:
         return self.win_length - round(self.overlap_ms * self.sample_rate / 1000)
+
+    @property
+    def window_offset(self) -> int:
+        """First sample of the window inside the n_fft-sample FFT frame."""
+        return 0 if self.window_position == "start" else (self.n_fft - self.win_length) // 2
 
     @property
     def num_bins(self) -> int:
@@ -110,14 +132,36 @@ class FeatureConfig:
         return asdict(self)
 
 
+def framed_window(
+    win_length: int, n_fft: int, offset: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A symmetric Hamming window of ``win_length`` samples placed at ``offset`` in zeros of length
+    ``n_fft`` (cut at the frame's end if longer, as MATLAB's ``fft(x, n)`` truncates ``x``)."""
+    frame = torch.zeros(n_fft, dtype=dtype)
+    kept = min(win_length, n_fft - offset)
+    hamming = torch.hamming_window(win_length, periodic=False, dtype=dtype)
+    frame[offset : offset + kept] = hamming[:kept]
+    return frame
+
+
 class PatchExtractor(torch.nn.Module):
-    """Turns a batch of equal-length segments ``(B, L)`` into patches ``(B, C, F, T)``."""
+    """Turns a batch of equal-length segments ``(B, L)`` into patches ``(B, C, F, T)``.
+
+    ``pad`` is the ``(left, right)`` zero padding the framing needs around a segment (``(0, 128)``
+    for the window at the frame start, ``(64, 64)`` centred); ``side_pad = max(pad)`` is what a
+    caller adds on *both* sides to pass ``prepadded=True`` (the cache builder does, saving a copy
+    of every batch).
+    """
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
         self.config = config
-        self.register_buffer("window", torch.hamming_window(config.win_length, periodic=False))
-        self.side_pad = (config.n_fft - config.win_length) // 2
+        # (n_fft,): torch.stft gets the whole frame's window, so it does not centre a short one.
+        window = framed_window(config.win_length, config.n_fft, config.window_offset)
+        self.register_buffer("window", window)
+        left = config.window_offset
+        self.pad = (left, config.n_fft - config.win_length - left)
+        self.side_pad = max(self.pad)
         if config.representation in ("log_mel", "mfcc"):
             self.mel = torchaudio.transforms.MelScale(
                 n_mels=config.n_mels, sample_rate=config.sample_rate, n_stft=config.n_fft // 2 + 1
@@ -132,15 +176,19 @@ class PatchExtractor(torch.nn.Module):
     def stft(self, segments: torch.Tensor, prepadded: bool = False) -> torch.Tensor:
         """Complex spectrogram ``(B, n_fft // 2 + 1, T)`` with the framing of the module docs.
 
-        ``prepadded=True`` means the caller already added ``side_pad`` zeros on both sides (the
-        cache builder does, saving a copy of every batch).
+        ``prepadded=True`` means the caller already added ``side_pad`` zeros on both sides; the
+        surplus is sliced off as a view (``torch.stft`` frames a strided view without a copy).
         """
-        padded = segments if prepadded else F.pad(segments, (self.side_pad, self.side_pad))
+        if prepadded:
+            skip_left, skip_right = (self.side_pad - p for p in self.pad)
+            padded = segments[..., skip_left : segments.shape[-1] - skip_right]
+        else:
+            padded = F.pad(segments, self.pad)
         return torch.stft(
             padded,
             n_fft=self.config.n_fft,
             hop_length=self.config.hop_length,
-            win_length=self.config.win_length,
+            win_length=self.config.n_fft,
             window=self.window,
             center=False,
             return_complex=True,
@@ -194,17 +242,113 @@ def audio_to_patches(
     return patches
 
 
-def overlap_add(frames: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
-    """Weighted overlap-add of windowed time frames ``(T, win_length)`` back to a waveform."""
-    window = torch.hamming_window(config.win_length, periodic=False, dtype=frames.dtype)
-    num_frames = frames.shape[0]
-    length = config.segment_length(num_frames)
-    fold = F.fold
-    kwargs = dict(output_size=(1, length), kernel_size=(1, config.win_length))
-    kwargs["stride"] = (1, config.hop_length)
-    signal = fold((frames * window).T.unsqueeze(0), **kwargs).flatten()
-    envelope = fold(window.pow(2).expand(num_frames, -1).T.unsqueeze(0), **kwargs).flatten()
-    return signal / envelope.clamp_min(1e-8)
+def istft(spec: torch.Tensor, config: FeatureConfig, length: int | None = None) -> torch.Tensor:
+    """Least-squares inverse of :meth:`PatchExtractor.stft`: ``(..., F, T)`` -> ``(..., L)``.
+
+    ``torch.istft`` divides by the window envelope, which must not vanish (its NOLA check): with
+    the window centred, the frame's first samples have none. A centred frame is the start-framed
+    one delayed by ``window_offset`` samples (circularly, and the zeros make that exact), so its
+    spectrum is rotated back by that delay and inverted with the window at the start.
+    """
+    length = length or config.segment_length(spec.shape[-1])
+    real_dtype = spec.real.dtype
+    if config.window_offset:
+        bins = torch.arange(spec.shape[-2], dtype=real_dtype)
+        advance = torch.polar(
+            torch.ones_like(bins), 2 * math.pi * config.window_offset / config.n_fft * bins
+        )
+        spec = spec * advance.unsqueeze(-1)
+    return torch.istft(
+        spec,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.n_fft,
+        window=framed_window(config.win_length, config.n_fft, 0, real_dtype),
+        center=False,
+        length=length,
+    )
+
+
+def griffin_lim(
+    magnitude: torch.Tensor,
+    analyse: Callable[[torch.Tensor], torch.Tensor],
+    synthesise: Callable[[torch.Tensor], torch.Tensor],
+    iters: int = 32,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Griffin & Lim (1984): a complex spectrogram with ``magnitude`` and a consistent phase.
+
+    ``torchaudio.functional.griffinlim`` cannot run our framing: it hard-codes ``center=True``
+    (reflect-padded frames centred on ``hop * t``), so the first half frame of a segment would be
+    lost; the loop runs our own ``analyse``/``synthesise`` instead.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * 2 * math.pi
+    spec = torch.polar(magnitude, phase.to(magnitude.device))
+    for _ in range(iters):
+        rebuilt = analyse(synthesise(spec))
+        spec = torch.polar(magnitude, rebuilt.angle())
+    return spec
+
+
+def least_squares_inverse(
+    analyse_frame: Callable[[torch.Tensor], torch.Tensor],
+    win_length: int,
+    hop_length: int,
+    num_frames: int,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The minimum-norm least-squares inverse of a linear frame-by-frame analysis.
+
+    ``analyse_frame`` maps ``(B, win_length)`` float64 samples (one frame, window included in
+    the map) to that frame's patch column ``(B, D, 1)``; the returned function maps patches
+    ``(N, D, num_frames)`` back to ``(N, win_length + hop_length (num_frames - 1))`` samples.
+
+    Used for the real part of the STFT, which the plain inverse STFT reads as a spectrum with
+    zero imaginary part: each frame then comes back folded onto its own time-reverse. The real
+    part still determines every sample that a neighbouring frame sees unfolded (with the window
+    at the frame start and 201 bins, all but the last frame's second half), and solving the
+    normal equations ``A^T A x = A^T p`` recovers them. ``A^T A`` is a sum of one ``(win, win)``
+    block per frame, so it costs one frame's analysis to build.
+    """
+    frame_map = analyse_frame(torch.eye(win_length, dtype=torch.float64))
+    frame_map = frame_map.reshape(win_length, -1).T  # (D, win): one frame's matrix
+    block = frame_map.T @ frame_map
+    length = win_length + hop_length * (num_frames - 1)
+    gram = torch.zeros(length, length, dtype=torch.float64)  # A^T A
+    for t in range(num_frames):
+        span = slice(t * hop_length, t * hop_length + win_length)
+        gram[span, span] += block
+    # A tiny ridge keeps the solve defined where the map loses information (the folded half of
+    # the last frame): there it returns the minimum-norm split instead of noise.
+    gram.diagonal().add_(1e-10 * block.diagonal().mean())
+    factor = torch.linalg.cholesky(gram)
+
+    def invert(patches: torch.Tensor) -> torch.Tensor:
+        """``(N, ..., T)`` patches -> ``(N, L)`` waveforms."""
+        columns = patches.reshape(len(patches), -1, num_frames).to(torch.float64)
+        frames = columns.transpose(1, 2) @ frame_map  # (N, T, win): A_t^T p_t
+        rhs = F.fold(  # overlap-add of the frames: A^T p, (N, L)
+            frames.transpose(1, 2),
+            output_size=(1, length),
+            kernel_size=(1, win_length),
+            stride=(1, hop_length),
+        ).flatten(1)
+        return torch.cholesky_solve(rhs.T, factor).T
+
+    return invert
+
+
+@lru_cache(maxsize=2)
+def _real_part_inverse(config: FeatureConfig, num_frames: int) -> Callable:
+    """:func:`least_squares_inverse` of the real-part patch map, built once per framing."""
+    extractor = PatchExtractor(replace(config, representation="real", deltas=0))
+    extractor = extractor.to(torch.float64)
+    return least_squares_inverse(
+        lambda frame: extractor.stft(frame).real,
+        config.win_length,
+        config.hop_length,
+        num_frames,
+    )
 
 
 def patch_to_audio(
@@ -213,11 +357,12 @@ def patch_to_audio(
     config: FeatureConfig | None = None,
     griffin_lim_iters: int = 32,
 ) -> torch.Tensor:
-    """Invert a (mean-subtracted) patch ``(C, F, T)`` or ``(F, T)`` to a waveform.
+    """Invert a (mean-subtracted) patch ``(C, F, T)`` or ``(F, T)`` to a waveform (float64).
 
-    The training mean is added back first. ``real_imag`` and ``magnitude_phase`` invert exactly;
-    ``real`` inverts the real part with a zero imaginary part (the thesis's choice trades this
-    distortion for simplicity); ``magnitude`` uses Griffin-Lim phase reconstruction. Mel and MFCC
+    The training mean is added back first. ``real_imag`` and ``magnitude_phase`` invert exactly
+    (``torch.istft``); ``real`` by the least-squares inverse of the real-part map (exact but for the
+    last frame's folded half at 201 bins with the window at the frame start; see
+    :func:`least_squares_inverse` and docs/data.md); ``magnitude`` by Griffin-Lim. Mel and MFCC
     patches are not invertible.
 
     Raises:
@@ -236,45 +381,35 @@ def patch_to_audio(
     bins = config.n_fft // 2 + 1
     if patch.shape[-2] != bins:
         raise ValueError(f"patch has {patch.shape[-2]} frequency bins, config expects {bins}")
+    num_frames = patch.shape[-1]
     if rep == "real":
-        spec = torch.complex(patch[0], torch.zeros_like(patch[0]))
-    elif rep == "real_imag":
-        spec = torch.complex(patch[0], patch[1])
-    elif rep == "magnitude_phase":
-        spec = torch.polar(patch[0].clamp_min(0), patch[1])
-    else:
-        return _griffin_lim(patch[0].clamp_min(0), config, griffin_lim_iters)
-    return _istft(spec, config)
-
-
-def _istft(spec: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
-    """Inverse of ``PatchExtractor.stft`` for one spectrogram ``(F, T)``."""
-    side = (config.n_fft - config.win_length) // 2
-    # Each inverse FFT holds the *windowed* frame at [side, side + win_length); overlap_add
-    # weights by the window once more and divides by sum(w^2), the least-squares inverse.
-    frames = torch.fft.irfft(spec.T, n=config.n_fft)[:, side : side + config.win_length]
-    return overlap_add(frames, config)
-
-
-def _griffin_lim(magnitude: torch.Tensor, config: FeatureConfig, iters: int) -> torch.Tensor:
-    extractor = PatchExtractor(FeatureConfig(**{**config.as_dict(), "representation": "real"}))
+        return _real_part_inverse(config, num_frames)(patch[:1])[0]
+    if rep == "real_imag":
+        return istft(torch.complex(patch[0], patch[1]), config)
+    if rep == "magnitude_phase":
+        return istft(torch.polar(patch[0].clamp_min(0), patch[1]), config)
+    extractor = PatchExtractor(replace(config, representation="real", deltas=0))
     extractor = extractor.to(torch.float64)
-    length = config.segment_length(magnitude.shape[-1])
-    generator = torch.Generator().manual_seed(0)
-    phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float64) * 2 * math.pi
-    audio = _istft(torch.polar(magnitude, phase), config)
-    for _ in range(iters):
-        spec = extractor.stft(audio[:length].unsqueeze(0))[0]
-        audio = _istft(torch.polar(magnitude, spec.angle()), config)
-    return audio
+    spec = griffin_lim(
+        patch[0].clamp_min(0),
+        lambda audio: extractor.stft(audio.unsqueeze(0))[0],
+        lambda spec: istft(spec, config),
+        griffin_lim_iters,
+    )
+    return istft(spec, config)
 
 
 __all__ = [
     "REPRESENTATIONS",
+    "WINDOW_POSITIONS",
     "FeatureConfig",
     "PatchExtractor",
     "Representation",
+    "WindowPosition",
     "audio_to_patches",
-    "overlap_add",
+    "framed_window",
+    "griffin_lim",
+    "istft",
+    "least_squares_inverse",
     "patch_to_audio",
 ]

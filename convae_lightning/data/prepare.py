@@ -1,10 +1,11 @@
 """From a TIMIT-layout corpus to cached, memory-mapped spectrogram patches.
 
-Two passes keep peak memory far below the size of the features: the first reads only headers and
-``.PHN`` files (validating everything, deciding which phones are kept and the patch width); the
-second reads audio utterance by utterance and streams patches into ``.npy`` memmaps. The cache is
-built in a temporary folder and renamed into place only when complete, so an interrupted run never
-leaves a cache that a later run trusts.
+Two passes keep peak memory far below the size of the features: the first
+(:func:`~convae_lightning.data.index.index_corpus`) validates every file, keeping only phone
+boundaries, and decides which phones are kept and the patch width; the second reads audio utterance
+by utterance and streams patches into ``.npy`` files. The cache is built in a temporary folder and
+renamed into place only when complete, so an interrupted run never leaves a cache that a later run
+trusts.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,97 +29,24 @@ import torchaudio
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convae_lightning.data.features import FeatureConfig, PatchExtractor
-from convae_lightning.data.phones import CLASS_INDEX_48, MAP_61_TO_48, PHONES_48
-from convae_lightning.data.splits import SPLITS, SplitScheme, assign_splits
-from convae_lightning.data.timit import (
-    MISSING_PHN,
-    AudioInfo,
-    CorpusError,
-    OnError,
-    Utterance,
-    audio_info,
-    find_utterances,
-    read_audio,
-    read_phones,
+from convae_lightning.data.index import (
+    CorpusIndex,
+    CorpusOptions,
+    IndexedUtterance,
+    PaddingPlan,
+    index_corpus,
+    plan_padding,
+    write_skipped_report,
 )
+from convae_lightning.data.phones import PHONES_48
+from convae_lightning.data.splits import SPLITS
+from convae_lightning.data.timit import Utterance, find_utterances, read_audio
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the cache's contents change meaning; part of every cache key.
-CACHE_FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CorpusOptions:
-    """Corpus-level settings that shape the cache (besides :class:`FeatureConfig`).
-
-    Args:
-        include_sa: keep the SA sentences every speaker read (thesis: dropped).
-        split_scheme: ``thesis`` or ``standard`` (see :func:`assign_splits`).
-        val_fraction: share of TRAIN speakers held out for validation (``thesis`` scheme).
-        split_seed: seed of the validation-speaker choice.
-        discard_longest: fraction of the longest training phones discarded before padding
-            (thesis: 0.05); the same length limit applies to every split.
-        num_frames: force the patch width T; ``None`` derives it from the longest kept phone
-            (16 on TIMIT). Phones that do not fit are discarded as well.
-        on_error: ``raise`` on the first bad file, or ``skip`` bad files with a counted warning.
-    """
-
-    include_sa: bool = False
-    split_scheme: SplitScheme = "thesis"
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    discard_longest: float = 0.05
-    num_frames: int | None = None
-    on_error: OnError = "raise"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.discard_longest < 1.0:
-            raise ValueError(f"discard_longest must be in [0, 1), got {self.discard_longest!r}")
-        if self.num_frames is not None and self.num_frames <= 0:
-            raise ValueError(f"num_frames must be positive or None, got {self.num_frames!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-
-
-@dataclass
-class IndexedUtterance:
-    """An utterance whose files passed validation, with its phones in target-rate samples."""
-
-    utterance: Utterance
-    sample_rate: int
-    starts: np.ndarray  # int64, at the feature sample rate
-    ends: np.ndarray
-    labels: np.ndarray  # int64 class ids (48 set); glottal stops already removed
-
-
-@dataclass
-class CorpusIndex:
-    """Validated utterances per split plus the files that were skipped."""
-
-    root: Path
-    splits: dict[str, list[IndexedUtterance]]
-    skipped: list[str] = field(default_factory=list)
-    corpus_sample_rate: int = 16000
-
-    def phone_lengths(self, split: str) -> np.ndarray:
-        parts = [u.ends - u.starts for u in self.splits[split]]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def labels(self, split: str) -> np.ndarray:
-        parts = [u.labels for u in self.splits[split]]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class PaddingPlan:
-    """Which phones are kept, and the padded segment length they all share."""
-
-    max_length: int  # longest phone kept, in samples
-    num_frames: int
-    segment_length: int
-    discarded: dict[str, int]
-    kept: dict[str, int]
+#: 2: ``{split}_utt.npy``/``{split}_span.npy`` and ``meta.json["utterances"]``; ``skipped.tsv``.
+CACHE_FORMAT_VERSION = 2
 
 
 def corpus_key(
@@ -141,97 +69,6 @@ def corpus_key(
         if u.phn_path is not None:
             digest.update(f"{u.phn_path.relative_to(root)}\0".encode() + u.phn_path.read_bytes())
     return digest.hexdigest()[:20]
-
-
-def index_corpus(
-    root: str | os.PathLike,
-    options: CorpusOptions | None = None,
-    sample_rate: int = 16000,
-    utterances: Sequence[Utterance] | None = None,
-) -> CorpusIndex:
-    """Validate every utterance (audio header, ``.PHN`` lines) and split them by speaker.
-
-    Raises:
-        CorpusError: for a bad file when ``options.on_error == "raise"``; with ``skip``, the file is
-            left out and counted in :attr:`CorpusIndex.skipped` with a warning.
-    """
-    options = options or CorpusOptions()
-    root = Path(root)
-    if utterances is None:
-        utterances = find_utterances(root, options.include_sa, options.on_error)
-    skipped: list[str] = []
-    infos: dict[Utterance, AudioInfo] = {}
-    for utterance in utterances:
-        try:
-            if utterance.phn_path is None:
-                raise CorpusError(utterance.audio_path, MISSING_PHN)
-            infos[utterance] = audio_info(utterance.audio_path)
-            if options.on_error == "skip":
-                # Only a full decode finds corrupt frames behind a valid header; when skipping,
-                # find them now so that the second pass never meets an unreadable file.
-                read_audio(utterance.audio_path)
-        except CorpusError as error:
-            if options.on_error == "raise":
-                raise
-            infos.pop(utterance, None)
-            skipped.append(str(error))
-    # The corpus rate is the most common one, so an odd file is blamed, not the corpus.
-    rates = Counter(info.sample_rate for info in infos.values())
-    corpus_rate = rates.most_common(1)[0][0] if rates else sample_rate
-    indexed: dict[Utterance, IndexedUtterance] = {}
-    for utterance, info in infos.items():
-        try:
-            if info.sample_rate != corpus_rate:
-                raise CorpusError(
-                    utterance.audio_path,
-                    f"sample rate {info.sample_rate} Hz differs from the corpus's {corpus_rate} Hz",
-                )
-            phones = read_phones(utterance.phn_path, info.num_samples)
-        except CorpusError as error:
-            if options.on_error == "raise":
-                raise
-            skipped.append(str(error))
-            continue
-        kept = [p for p in phones if MAP_61_TO_48[p.label] is not None]
-        scale = sample_rate / info.sample_rate
-        starts = np.array([round(p.start * scale) for p in kept], dtype=np.int64)
-        ends = np.array([round(p.end * scale) for p in kept], dtype=np.int64)
-        labels = np.array([CLASS_INDEX_48[MAP_61_TO_48[p.label]] for p in kept], dtype=np.int64)
-        indexed[utterance] = IndexedUtterance(utterance, info.sample_rate, starts, ends, labels)
-    if skipped:
-        log.warning("skipped %d bad file(s) (on_error='skip'); first: %s", len(skipped), skipped[0])
-    if not indexed:
-        raise CorpusError(root, "no valid utterances left after validation")
-    split_utts = assign_splits(
-        [u for u in utterances if u in indexed],
-        options.split_scheme,
-        options.val_fraction,
-        options.split_seed,
-    )
-    splits = {name: [indexed[u] for u in split_utts[name]] for name in SPLITS}
-    return CorpusIndex(root, splits, skipped, corpus_rate)
-
-
-def plan_padding(
-    index: CorpusIndex, features: FeatureConfig, options: CorpusOptions
-) -> PaddingPlan:
-    """Apply the thesis's rule: drop the longest ``discard_longest`` of training phones, pad to the
-    longest remaining one (rounded up to whole frames).
-
-    Raises:
-        CorpusError: if the training split has no phones.
-    """
-    lengths = np.sort(index.phone_lengths("train"))
-    if lengths.size == 0:
-        raise CorpusError(index.root, "the training split has no phones")
-    keep = lengths.size - int(np.floor(options.discard_longest * lengths.size))
-    max_length = int(lengths[max(keep, 1) - 1])
-    num_frames = options.num_frames or features.frames_for(max_length)
-    segment_length = features.segment_length(num_frames)
-    max_length = min(max_length, segment_length)
-    discarded = {s: int((index.phone_lengths(s) > max_length).sum()) for s in SPLITS}
-    kept = {s: int((index.phone_lengths(s) <= max_length).sum()) for s in SPLITS}
-    return PaddingPlan(max_length, num_frames, segment_length, discarded, kept)
 
 
 def _prefetch(utterances: Sequence[IndexedUtterance], depth: int = 32) -> Iterator:
@@ -349,25 +186,29 @@ def build_cache(
 ) -> Path:
     """Build (or find) the feature cache of a corpus and return its folder.
 
-    The folder holds ``{split}_x.npy`` (float32 ``(N, C, F, T)``, mean removed), ``{split}_y.npy``
-    (int64 class ids), ``{split}_speaker.npy`` (int32 index into ``meta.json``'s speakers),
-    ``mean.npy`` (the training mean, ``(C, F, T)``) and ``meta.json`` (settings and statistics).
-    A folder whose key matches is reused as is.
+    The folder holds, per split, ``{split}_x.npy`` (float32 ``(N, C, F, T)``, mean removed),
+    ``{split}_y.npy`` (int64 class ids), ``{split}_speaker.npy`` (int32 index into
+    ``meta.json["speakers"]``), ``{split}_utt.npy`` (int32 index into ``meta.json["utterances"]``,
+    ids such as ``train/DR1/FCJF0/SI1027``) and ``{split}_span.npy`` (int64 ``(N, 2)``: the phone's
+    start and end sample at the feature sample rate); then ``mean.npy`` (the training mean,
+    ``(C, F, T)``), ``skipped.tsv`` (files left out under ``on_error="skip"``) and ``meta.json``
+    (settings and statistics). A folder whose key matches is reused as is. Half-built folders of
+    builds that died are removed on the way.
     """
     features = features or FeatureConfig()
     options = options or CorpusOptions()
     root = Path(root)
+    cache_dir = Path(cache_dir)
+    if cache_dir.is_dir():
+        remove_dead_builds(cache_dir)
     utterances = find_utterances(root, options.include_sa, options.on_error)
     key = corpus_key(utterances, root, features, options)
-    cache_dir = Path(cache_dir)
     final = cache_dir / key
     if (final / "meta.json").is_file():
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(cache_dir)
     index = index_corpus(root, options, features.sample_rate, utterances)
     plan = plan_padding(index, features, options)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=cache_dir))
+    tmp = _start_build(cache_dir, key)
     try:
         meta = _write_features(index, plan, features, tmp, progress, batch_size)
         meta.update(
@@ -375,8 +216,10 @@ def build_cache(
             root=str(root),
             features=features.as_dict(),
             options=asdict(options),
-            skipped=index.skipped,
+            skipped=[str(s) for s in index.skipped],
         )
+        write_skipped_report(tmp / "skipped.tsv", index.skipped)
+        (tmp / _OWNER).unlink()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, final)  # atomic: the cache appears complete or not at all
@@ -400,14 +243,20 @@ def _write_features(
     shape = (features.num_channels, features.num_bins, plan.num_frames)
     speakers = sorted({u.utterance.speaker for items in index.splits.values() for u in items})
     speaker_id = {s: i for i, s in enumerate(speakers)}
+    utterances = [u.utterance.utterance_id for s in SPLITS for u in index.splits[s]]
+    utterance_id = {u: i for i, u in enumerate(utterances)}
     mean: np.ndarray | None = None
     with _progress(progress) as bar:
         for split in SPLITS:  # train first: its mean is subtracted from every split
             items = index.splits[split]
             count = plan.kept[split]
             x = _NpyRows(out_dir / f"{split}_x.npy", (count, *shape))
-            y = np.empty(count, dtype=np.int64)
-            spk = np.empty(count, dtype=np.int32)
+            rows = {
+                "y": np.empty(count, dtype=np.int64),
+                "speaker": np.empty(count, dtype=np.int32),
+                "utt": np.empty(count, dtype=np.int32),
+                "span": np.empty((count, 2), dtype=np.int64),
+            }
             writer = _PatchWriter(x, extractor, plan.segment_length, batch_size, mean)
             task = bar.add_task(f"features {split}", total=len(items))
             for item, audio, rate in _prefetch(items):
@@ -415,11 +264,14 @@ def _write_features(
                     audio = torchaudio.functional.resample(
                         torch.from_numpy(audio), rate, features.sample_rate
                     ).numpy()
-                for start, end, label in zip(item.starts, item.ends, item.labels, strict=True):
-                    if end - start > plan.max_length:
-                        continue
-                    y[writer.written + writer.filled] = label
-                    spk[writer.written + writer.filled] = speaker_id[item.utterance.speaker]
+                keep = item.ends - item.starts <= plan.max_length
+                first = writer.written + writer.filled
+                last = first + int(keep.sum())
+                rows["y"][first:last] = item.labels[keep]
+                rows["speaker"][first:last] = speaker_id[item.utterance.speaker]
+                rows["utt"][first:last] = utterance_id[item.utterance.utterance_id]
+                rows["span"][first:last] = np.stack([item.starts[keep], item.ends[keep]], 1)
+                for start, end in rows["span"][first:last]:
                     writer.add(audio[start:end])
                 bar.advance(task)
             writer.flush()
@@ -428,8 +280,8 @@ def _write_features(
                 for begin in range(0, count, batch_size):
                     x.write(begin, x.read(begin, min(batch_size, count - begin)) - mean)
             x.close()
-            np.save(out_dir / f"{split}_y.npy", y)
-            np.save(out_dir / f"{split}_speaker.npy", spk)
+            for name, values in rows.items():
+                np.save(out_dir / f"{split}_{name}.npy", values)
     assert mean is not None
     np.save(out_dir / "mean.npy", mean)
     return {
@@ -444,19 +296,64 @@ def _write_features(
         "split_speakers": {
             s: sorted({u.utterance.speaker for u in index.splits[s]}) for s in SPLITS
         },
+        "utterances": utterances,
         "class_names": list(PHONES_48),
     }
 
 
-#: A ``.partial`` build folder untouched for this long belongs to a killed run.
+# ------------------------------------------------------------------ half-built cache folders
+# A build writes into ``.<key>.<random>.partial`` with an owner marker (pid, host); the next run
+# removes the folders whose owner is gone. Hundreds of MB each, they must not wait for hours.
+
+_OWNER = "owner.json"
+#: A partial folder without an owner marker (another host's, or an older version's) is taken
+#: for dead once it is this old: its owner cannot be asked.
 STALE_PARTIAL_SECONDS = 6 * 3600
 
 
-def _remove_stale_partials(cache_dir: Path) -> None:
-    """Delete build folders left by killed runs (never trusted, but they take disk space)."""
-    for partial in cache_dir.glob(".*.partial"):
-        if time.time() - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
-            shutil.rmtree(partial, ignore_errors=True)
+def _start_build(cache_dir: Path, key: str) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=cache_dir))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    (tmp / _OWNER).write_text(json.dumps(owner))
+    return tmp
+
+
+def _owner_is_alive(partial: Path) -> bool:
+    """Whether the build writing ``partial`` may still run (when in doubt: yes, unless old)."""
+    try:
+        owner = json.loads((partial / _OWNER).read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        # No marker yet (a build this instant between mkdtemp and writing it) or none at all.
+        return time.time() - partial.stat().st_mtime < STALE_PARTIAL_SECONDS
+    if host != socket.gethostname():
+        return time.time() - partial.stat().st_mtime < STALE_PARTIAL_SECONDS
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user
+    return True
+
+
+def remove_dead_builds(cache_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.partial`` folders of builds that died (killed, crashed) and return them.
+
+    Never touches a live concurrent build: one whose process (on this host) still exists.
+    """
+    removed = []
+    for partial in Path(cache_dir).glob(".*.partial"):
+        try:
+            if _owner_is_alive(partial):
+                continue
+        except OSError:
+            continue  # vanished meanwhile: its build finished or another run removed it
+        shutil.rmtree(partial, ignore_errors=True)
+        log.info("removed %s, left by a build that died", partial)
+        removed.append(partial)
+    return removed
 
 
 def default_cache_dir() -> Path:
@@ -469,12 +366,9 @@ def default_cache_dir() -> Path:
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
-    "CorpusIndex",
     "CorpusOptions",
-    "PaddingPlan",
     "build_cache",
     "corpus_key",
     "default_cache_dir",
-    "index_corpus",
-    "plan_padding",
+    "remove_dead_builds",
 ]

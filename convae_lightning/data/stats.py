@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import asdict
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from convae_lightning.data.features import FeatureConfig
+from convae_lightning.data.index import CorpusOptions, SkippedFile, index_corpus, plan_padding
 from convae_lightning.data.phones import MAP_48_TO_39, PHONES_39, PHONES_48
-from convae_lightning.data.prepare import CorpusOptions, index_corpus, plan_padding
 from convae_lightning.data.splits import SPLITS
 
 PERCENTILES = (5, 25, 50, 75, 95, 99, 100)
@@ -22,7 +23,9 @@ def corpus_stats(
     options: CorpusOptions | None = None,
     features: FeatureConfig | None = None,
 ) -> dict:
-    """Utterances, speakers, phones per class (48 and 39), durations and the discard count."""
+    """Utterances, speakers, phones per class (48 and 39), durations, the discard count and the
+    skipped files, from the same validation pass as ``prepare`` (it rejects what prepare rejects).
+    """
     options = options or CorpusOptions()
     features = features or FeatureConfig()
     index = index_corpus(root, options, features.sample_rate)
@@ -31,6 +34,7 @@ def corpus_stats(
         "root": str(root),
         "splits": {},
         "skipped_files": len(index.skipped),
+        "skipped": [asdict(s) for s in index.skipped],
         "corpus_sample_rate": index.corpus_sample_rate,
         "padding": {
             "max_phone_ms": 1000 * plan.max_length / features.sample_rate,
@@ -98,6 +102,11 @@ def print_stats(stats: dict, console: Console | None = None) -> None:
     for split in splits:
         missing = splits[split]["missing_classes_48"]
         console.print(f"{split}: missing classes (48): {', '.join(missing) if missing else 'none'}")
+    if stats["skipped"]:
+        # One unwrapped line per file, so that a path can be copied whole.
+        console.print(f"skipped {len(stats['skipped'])} bad file(s) (on_error=skip):")
+        for skipped in stats["skipped"]:
+            console.print(f"  {SkippedFile(**skipped)}", soft_wrap=True, highlight=False)
 
 
 def _fmt(value: float | None) -> str:

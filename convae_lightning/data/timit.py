@@ -2,7 +2,9 @@
 
 Handles the layouts users actually have: the LDC original (``TRAIN/DR1/FCJF0/SI1027.WAV`` in NIST
 SPHERE, with ``.PHN``/``.WRD``/``.TXT``), all-lowercase trees, the widespread copies whose audio is
-RIFF ``SI1027.WAV.wav``, and ``.flac`` (the embedded corpus). Audio is read with soundfile.
+RIFF ``SI1027.WAV.wav``, and ``.flac`` (the embedded corpus). Audio is read with soundfile; every
+way a file can be bad (unreadable, truncated, non-finite, a header that lies about its length)
+is a :class:`CorpusError` naming the file.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import soundfile as sf
 
-from convae_lightning.data.layout import SPHERE_HEADER_BYTES
 from convae_lightning.data.phones import MAP_61_TO_48
 
 OnError = Literal["raise", "skip"]
@@ -26,6 +28,13 @@ OnError = Literal["raise", "skip"]
 _AUDIO_SUFFIXES = (".wav", ".wav.wav", ".flac")
 _DIALECT = re.compile(r"^dr\d+$", re.IGNORECASE)
 MISSING_PHN = "audio file has no .PHN phone-label file beside it"
+#: NIST SPHERE files (TIMIT's ``.WAV``) start with a header of this many bytes.
+SPHERE_HEADER_BYTES = 1024
+
+
+def embedded_corpus_root() -> Path:
+    """The synthetic TIMIT-layout corpus shipped in the package (``convae_lightning/corpus``)."""
+    return Path(str(resources.files("convae_lightning") / "corpus"))
 
 
 class CorpusError(ValueError):
@@ -36,6 +45,7 @@ class CorpusError(ValueError):
         super().__init__(f"{where}: {message}")
         self.path = Path(path)
         self.line = line
+        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,8 @@ class Utterance:
 
 
 @dataclass(frozen=True)
-class PhoneSegment:
-    """A phone of an utterance: ``[start, end)`` in samples and its 61-set label."""
+class Segment:
+    """A labelled span ``[start, end)`` in samples: a line of a ``.PHN`` (or ``.WRD``) file."""
 
     start: int
     end: int
@@ -145,7 +155,7 @@ def _sibling(audio_path: Path, suffix: str) -> Path | None:
     return None
 
 
-def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list[PhoneSegment]:
+def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list[Segment]:
     """Parse a ``.PHN`` file (``start end label`` per line, offsets in samples).
 
     Labels are validated against the 61 TIMIT labels (any case). Gaps between adjacent phones,
@@ -155,7 +165,7 @@ def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list
         CorpusError: naming the file and line for a line that is not three fields, a non-numeric
             offset, ``end <= start``, an ``end`` beyond ``num_samples`` or an unknown label.
     """
-    segments: list[PhoneSegment] = []
+    segments: list[Segment] = []
     with open(path, encoding="ascii", errors="replace") as fh:
         for line_no, line in enumerate(fh, start=1):
             fields = line.split()
@@ -188,7 +198,7 @@ def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list
                     f"unknown phone label {fields[2]!r} (not one of the 61 TIMIT labels)",
                     line_no,
                 )
-            segments.append(PhoneSegment(start, end, label))
+            segments.append(Segment(start, end, label))
     if not segments:
         raise CorpusError(path, "no phone segments in file")
     return segments
@@ -202,28 +212,110 @@ class AudioInfo:
     num_samples: int
 
 
+#: What soundfile raises on a damaged file besides ``LibsndfileError`` (a ``RuntimeError``):
+#: ``ValueError``/``TypeError``/``OverflowError`` for header values it cannot use, ``MemoryError``
+#: and ``OSError`` for a file it cannot hold or open. All are the file's fault, so all name it
+#: (a :class:`CorpusError`, itself a ``ValueError``, passes through unchanged).
+_DECODE_ERRORS = (RuntimeError, ValueError, TypeError, OverflowError, MemoryError, OSError)
+#: libsndfile's length of a stream that does not announce one (a FLAC written to a pipe):
+#: allocating it whole is what once crashed with "array is too big" and no file name.
+_UNKNOWN_LENGTH = 2**63 - 1
+#: Frames decoded per read: arrays grow with what a file holds, never with what it claims.
+_BLOCK_FRAMES = 1 << 16
+
+
 def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Header information of an audio file; detects truncated SPHERE files.
+    """Header information of an audio file (no samples are decoded); detects truncated SPHERE.
 
     Raises:
-        CorpusError: if soundfile cannot read the file, it is not mono, or a SPHERE file holds
-            fewer samples than its header announces (a truncated copy).
+        CorpusError: if soundfile cannot read the file, it is not mono, its sample rate is not
+            positive, its length is unknown (a stream) or zero, or a SPHERE file holds fewer
+            samples than its header announces (a truncated copy).
     """
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise CorpusError(path, f"not a readable audio file ({error})") from None
-    if info.channels != 1:
-        raise CorpusError(path, f"expected mono audio, got {info.channels} channels")
-    if info.format == "NIST":
+        with sf.SoundFile(str(path)) as audio:
+            frames = _check_length(path, _check_header(path, audio))
+            return AudioInfo(int(audio.samplerate), frames)
+    except CorpusError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise _unreadable(path, error) from None
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] and the sample rate, after every check a corpus file gets.
+
+    The header checks of :func:`audio_info`, then a full decode that must yield as many samples
+    as the header announces and only finite ones (one NaN would poison the training mean, and
+    with it every patch of every split).
+
+    Raises:
+        CorpusError: naming the file, for anything :func:`audio_info` rejects, frames that do not
+            decode, fewer samples than announced, or NaN/infinite samples.
+    """
+    try:
+        with sf.SoundFile(str(path)) as audio:
+            announced = _check_header(path, audio)
+            samples = _decode(audio)
+            rate = int(audio.samplerate)
+    except CorpusError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise _unreadable(path, error) from None
+    _check_length(path, len(samples))
+    if len(samples) < announced:
+        raise CorpusError(
+            path,
+            f"truncated or corrupt: header announces {announced} samples, {len(samples)} decode",
+        )
+    finite = np.isfinite(samples)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise CorpusError(
+            path,
+            f"{int((~finite).sum())} NaN or infinite sample(s), the first at sample {first}: "
+            "they would make every patch non-finite",
+        )
+    return samples, rate
+
+
+def _check_header(path: str | os.PathLike, audio: sf.SoundFile) -> int:
+    """The announced length of an open file after the checks that need no decoding."""
+    if audio.channels != 1:
+        raise CorpusError(path, f"expected mono audio, got {audio.channels} channels")
+    if audio.samplerate <= 0:
+        raise CorpusError(path, f"invalid sample rate {audio.samplerate} Hz in the header")
+    if audio.frames == _UNKNOWN_LENGTH:
+        # libsndfile cannot read past a length it does not know (its seek fails).
+        raise CorpusError(
+            path,
+            "the header announces no length (a stream, e.g. a FLAC written to a pipe); "
+            "re-encode the file, e.g. `sox IN.flac OUT.flac`",
+        )
+    if audio.format == "NIST":
         announced = _sphere_sample_count(path)
-        if announced is not None and announced > info.frames:
+        if announced is not None and announced > audio.frames:
             raise CorpusError(
-                path, f"truncated: header announces {announced} samples, file holds {info.frames}"
+                path, f"truncated: header announces {announced} samples, file holds {audio.frames}"
             )
-    if info.frames == 0:
+    return int(audio.frames)
+
+
+def _check_length(path: str | os.PathLike, frames: int) -> int:
+    if frames == 0:
         raise CorpusError(path, "audio file holds no samples")
-    return AudioInfo(int(info.samplerate), int(info.frames))
+    return frames
+
+
+def _decode(audio: sf.SoundFile) -> np.ndarray:
+    blocks = []
+    while len(block := audio.read(_BLOCK_FRAMES, dtype="float32", always_2d=False)):
+        blocks.append(block)
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def _unreadable(path: str | os.PathLike, error: BaseException) -> CorpusError:
+    return CorpusError(path, f"not a readable audio file ({type(error).__name__}: {error})")
 
 
 def _sphere_sample_count(path: str | os.PathLike) -> int | None:
@@ -233,21 +325,6 @@ def _sphere_sample_count(path: str | os.PathLike) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Mono float32 samples in [-1, 1] and the sample rate.
-
-    Raises:
-        CorpusError: if the file cannot be decoded.
-    """
-    try:
-        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise CorpusError(path, f"not a readable audio file ({error})") from None
-    if audio.ndim != 1:
-        raise CorpusError(path, f"expected mono audio, got shape {audio.shape}")
-    return audio, int(sample_rate)
-
-
 def speakers(utterances: Iterable[Utterance]) -> list[str]:
     """Sorted distinct speaker ids."""
     return sorted({u.speaker for u in utterances})
@@ -255,12 +332,14 @@ def speakers(utterances: Iterable[Utterance]) -> list[str]:
 
 __all__ = [
     "MISSING_PHN",
+    "SPHERE_HEADER_BYTES",
     "AudioInfo",
     "CorpusError",
     "OnError",
-    "PhoneSegment",
+    "Segment",
     "Utterance",
     "audio_info",
+    "embedded_corpus_root",
     "find_utterances",
     "read_audio",
     "read_phones",

@@ -10,25 +10,49 @@ Hooks for callbacks (documented here once):
   ``i`` inverts encoder ``i``), for ``LayerFreezing``.
 - ``StackedAutoencoder.grow()``, ``num_active_units``, ``num_units``, ``mode``,
   ``trained_unit_parameters()`` and ``unit_parameters(i)`` for ``StackGrowth``.
-- ``reconstruct(x, zero_code=...)`` for ``ReconstructionLogger``.
+- ``reconstruct(x, zero_code=...)`` and ``uses_switches`` for ``ReconstructionLogger`` and
+  ``convae reconstruct``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from convae_lightning.models.base import CHECKPOINT_META_KEY, ConvaeModule, default_optimizer
-from convae_lightning.models.metrics import reconstruction_measures
-from convae_lightning.models.transfer import load_encoder_layers
-from convae_lightning.nn.architecture import FIGURE2, PoolSize, build_layer_specs
-from convae_lightning.nn.conv import DECODER_CONV_MODES, DECODER_IMPLS, DecoderConvMode, DecoderImpl
+from convae_lightning.models.base import (
+    CHECKPOINT_META_KEY,
+    ConvaeModule,
+    default_optimizer,
+    unpack_batch,
+)
+from convae_lightning.models.metrics import (
+    MEASURES,
+    ZERO_CODE_MEASURES,
+    ReconstructionMetrics,
+    reconstruction_measures,
+)
+from convae_lightning.models.transfer import (
+    EncoderMode,
+    check_encoder_mode,
+    fixed_encoder_patterns,
+    load_encoder_layers,
+)
+from convae_lightning.nn.architecture import FIGURE2, PoolSize, PoolStride, build_layer_specs
+from convae_lightning.nn.conv import (
+    DECODER_CONV_MODES,
+    DECODER_IMPLS,
+    SYNC_BIASES,
+    DecoderConvMode,
+    DecoderImpl,
+    SyncBias,
+    conv_transpose_weight,
+)
 from convae_lightning.nn.units import (
     UNPOOL_MODES,
     AutoencoderUnit,
@@ -40,10 +64,10 @@ from convae_lightning.nn.units import (
 
 __all__ = ["ConvAutoencoder", "StackedAutoencoder"]
 
-EncoderMode = Literal["random", "random_fixed", "pretrained", "pretrained_fixed"]
-ENCODER_MODES: tuple[str, ...] = ("random", "random_fixed", "pretrained", "pretrained_fixed")
 Architecture = Literal["units", "conv_inverse"]
-MEASURES: tuple[str, ...] = ("euclid", "cosine", "corr", "euclid_scaled")
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+StackMode = Literal["strong", "weak"]
+STACK_MODES: tuple[str, ...] = get_args(StackMode)
 T = TypeVar("T")
 
 
@@ -52,9 +76,13 @@ class ConvAutoencoder(ConvaeModule):
 
     A unit's encoder is conv (same padding, stride 1), max-pool, ReLU; its decoder an optional
     ReLU, unpooling and a decoder conv (Figure 4). Loss: squared Euclidean error per sample
-    (B.7), averaged over the batch. Logged: ``{stage}/loss``, ``{stage}/euclid`` (mean distance
-    per sample: the thesis's figure), ``cosine``, ``corr`` and ``euclid_scaled`` (distance after
-    the optimal scalar rescaling), per evaluation view for val/test (``val/euclid_natural``).
+    (B.7), averaged over the batch. Logged: ``train/loss``, ``train/euclid`` and, per evaluation
+    view, ``{stage}/{name}_{view}`` for every name of
+    :data:`~convae_lightning.models.metrics.MEASURES` (``val/euclid_natural``: the thesis's mean
+    distance per sample; ``input_norm``, the inputs' distance to zero, and ``euclid_rel =
+    euclid / input_norm`` to read errors beside the thesis's reference of 3.1), plus
+    ``euclid_zero_code``/``corr_zero_code`` (decoding a zeroed code: what the switches alone
+    carry) when some active unit unpools by switches.
 
     Per-unit options accept one value for all units or a list with one value per unit.
 
@@ -65,21 +93,28 @@ class ConvAutoencoder(ConvaeModule):
             decoder conv, no pooling, no ReLU; needs ``num_units=1``).
         conv_channels: Filters per encoder conv (Figure 2: 8, 16, 32, 1000).
         kernel_sizes: ``(kh, kw)`` per encoder conv.
-        pool_sizes: Pooling per unit: ``(kh, kw)`` with stride 2 along pooled axes, or
-            ``"global"`` (the pooling that ends the encoder).
+        pool_sizes: Pooling per unit: a ``(kh, kw)`` window or ``"global"`` (the pooling that
+            ends the encoder).
+        pool_strides: Stride per pooling window; ``null`` (or an entry ``null``) strides 2 along
+            the axes a window spans and 1 elsewhere. ``[[2, 2], ...]`` is MatConvNet's literal
+            scalar stride (``conf/overlays/thesis_protocol*.yaml``).
         unpool: ``switch`` or ``blind``, per unit.
         decoder_relu: ReLU at the start of each decoder, per unit (default: on; off and not
             allowed for ``conv_inverse``).
         decoder_conv: ``free``, ``init_transpose``, ``transpose_sync`` (needs the
             ``TiedTransposeSync`` callback to follow a trained encoder) or ``tied``, per unit.
+        transpose_sync_bias: Bias of ``transpose_sync`` decoders: ``zero`` (fixed: the thesis's
+            decoders "fixed to the transpose" cannot learn) or ``trained``.
         encoder: ``random`` (trained), ``random_fixed``, ``pretrained`` (from
             ``encoder_checkpoint``, trained) or ``pretrained_fixed``.
-        encoder_checkpoint: A trained ``ForwardClassifier`` checkpoint for ``pretrained*``.
+        encoder_checkpoint: A trained ``ForwardClassifier``/``AutoencoderClassifier`` checkpoint
+            for ``pretrained*``; its convolutions are matched by shape, whatever its pooling.
         frozen: Glob patterns of parameter names frozen from the start, e.g.
             ``["decoder.*.conv.weight"]`` (a fixed random decoder) or ``["*"]`` (untrained
             baseline); weights and biases can be frozen separately.
         decoder_impl: How decoder convolutions are computed (``conv_transpose``, faster on CPU,
             or ``conv2d``); results agree to rounding.
+        predict_reconstructions: ``predict_step`` returns the reconstructions besides the codes.
         optimizer: Optimiser factory (AdaGrad by default, as in the thesis).
         lr_scheduler: Optional scheduler factory.
     """
@@ -94,24 +129,26 @@ class ConvAutoencoder(ConvaeModule):
         conv_channels: Sequence[int] = FIGURE2["conv_channels"],
         kernel_sizes: Sequence[tuple[int, int]] = FIGURE2["kernel_sizes"],
         pool_sizes: Sequence[PoolSize] = FIGURE2["pool_sizes"],
+        pool_strides: Sequence[PoolStride] | None = None,
         unpool: UnpoolMode | Sequence[UnpoolMode] = "switch",
         decoder_relu: bool | Sequence[bool] | None = None,
         decoder_conv: DecoderConvMode | Sequence[DecoderConvMode] = "free",
+        transpose_sync_bias: SyncBias = "zero",
         encoder: EncoderMode = "random",
         encoder_checkpoint: str | None = None,
         frozen: Sequence[str] = (),
         decoder_impl: DecoderImpl = "conv_transpose",
+        predict_reconstructions: bool = False,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
-        if type(self) is ConvAutoencoder:
-            self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # Called from a subclass, this also records the subclass's own arguments (Lightning
+        # collects every __init__ frame of the inheritance chain).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         owner = type(self).__name__
-        if architecture not in ("units", "conv_inverse"):
-            raise ValueError(
-                f"architecture must be 'units' or 'conv_inverse', got {architecture!r}"
-            )
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         if not isinstance(num_units, int) or num_units <= 0:
             raise ValueError(f"num_units must be a positive int, got {num_units!r}")
         relu_everywhere = True
@@ -122,25 +159,21 @@ class ConvAutoencoder(ConvaeModule):
                 raise ValueError(
                     "architecture='conv_inverse' has no ReLU; leave decoder_relu unset"
                 )
-            pool_sizes = [None] * len(conv_channels)
+            pool_sizes, pool_strides = [None] * len(conv_channels), None
             decoder_relu, relu_everywhere = False, False
         elif decoder_relu is None:
             decoder_relu = True
-        if encoder not in ENCODER_MODES:
-            raise ValueError(f"encoder must be one of {ENCODER_MODES}, got {encoder!r}")
-        pretrained = encoder.startswith("pretrained")
-        if pretrained and encoder_checkpoint is None:
-            raise ValueError(f"encoder={encoder!r} needs encoder_checkpoint (a path), got None")
-        if not pretrained and encoder_checkpoint is not None:
-            raise ValueError(
-                f"encoder={encoder!r} does not load weights; remove encoder_checkpoint or use "
-                "encoder='pretrained'/'pretrained_fixed'"
-            )
+        pretrained = check_encoder_mode(encoder, encoder_checkpoint, "encoder_checkpoint")
         if decoder_impl not in DECODER_IMPLS:
             raise ValueError(f"decoder_impl must be one of {DECODER_IMPLS}, got {decoder_impl!r}")
+        if transpose_sync_bias not in SYNC_BIASES:
+            raise ValueError(
+                f"transpose_sync_bias must be one of {SYNC_BIASES}, got {transpose_sync_bias!r}"
+            )
 
         self.input_shape = tuple(int(v) for v in input_shape)
         self.architecture = architecture
+        self.predict_reconstructions = predict_reconstructions
         self.specs = build_layer_specs(
             input_shape,
             conv_channels,
@@ -149,18 +182,25 @@ class ConvAutoencoder(ConvaeModule):
             "same",
             num_layers=num_units,
             owner=owner,
+            pool_strides=pool_strides,
         )
         unpools = _per_unit(unpool, num_units, "unpool", UNPOOL_MODES)
         relus = _per_unit(decoder_relu, num_units, "decoder_relu", (True, False))
         convs = _per_unit(decoder_conv, num_units, "decoder_conv", DECODER_CONV_MODES)
+        if transpose_sync_bias != "zero" and "transpose_sync" not in convs:
+            raise ValueError(
+                f"transpose_sync_bias={transpose_sync_bias!r} needs a decoder_conv="
+                f"'transpose_sync' unit, got decoder_conv={decoder_conv!r}"
+            )
 
         self.encoder = nn.ModuleList(
             EncoderBlock(spec, return_switches=unpools[i] == "switch", relu=relu_everywhere)
             for i, spec in enumerate(self.specs)
         )
+        num_loaded = 0
         if pretrained:
             # Before the decoders exist, so transpose decoders start from the pretrained filters.
-            load_encoder_layers(
+            num_loaded = load_encoder_layers(
                 self.encoder,
                 self.specs,
                 encoder_checkpoint,
@@ -168,15 +208,15 @@ class ConvAutoencoder(ConvaeModule):
                 arg_name="encoder_checkpoint",
             )
         self.decoder = nn.ModuleList(
-            DecoderBlock(enc, unpools[i], relus[i], convs[i], impl=decoder_impl)
+            DecoderBlock(enc, unpools[i], relus[i], convs[i], decoder_impl, transpose_sync_bias)
             for i, enc in enumerate(self.encoder)
         )
         self._units = [
             AutoencoderUnit(i, enc, dec)
             for i, (enc, dec) in enumerate(zip(self.encoder, self.decoder, strict=True))
         ]
-        fixed = ["encoder.*"] if encoder.endswith("_fixed") else []
-        self._apply_frozen([*fixed, *frozen])
+        self._apply_frozen([*fixed_encoder_patterns(encoder, num_loaded), *frozen])
+        self._warned_out_of_sync = False
 
     # --------------------------------------------------------------------- structure / hooks
     @property
@@ -188,6 +228,12 @@ class ConvAutoencoder(ConvaeModule):
     def num_active_units(self) -> int:
         """Units used in forward; all of them for regular training."""
         return self.num_units
+
+    @property
+    def uses_switches(self) -> bool:
+        """Whether a zeroed code still decodes to something: some active unit unpools by
+        switches (the "chirp" switch leakage of thesis 4.2.2)."""
+        return any(u.decoder.needs_switches for u in self.active_units())
 
     def units(self) -> list[AutoencoderUnit]:
         """All units, outermost first."""
@@ -205,12 +251,13 @@ class ConvAutoencoder(ConvaeModule):
         for unit in self._units:
             unit.sync_transpose_()
 
-    def has_transpose_sync(self) -> bool:
-        return any(u.decoder.conv.mode == "transpose_sync" for u in self._units)
-
     # ---------------------------------------------------------------------------- forward
     def encode(self, x: Tensor) -> tuple[Tensor, list[EncoderState]]:
-        """Code of the active units and what their decoders need (switches, sizes)."""
+        """Code of the active units and what their decoders need (switches, sizes).
+
+        Figure 2 sizes: ``(B, 1, 201, 16)`` -> ``(B, 8, 99, 8)`` (1 unit) -> ``(B, 16, 48, 4)``
+        -> ``(B, 32, 22, 2)`` -> ``(B, 1000, 1, 1)`` (4 units).
+        """
         states = []
         for block in self.encoder[: self.num_active_units]:
             x, state = block.encode(x)
@@ -218,8 +265,9 @@ class ConvAutoencoder(ConvaeModule):
         return x, states
 
     def decode(self, code: Tensor, states: Sequence[EncoderState]) -> Tensor:
+        """The code of ``len(states)`` units back to the input shape ``(B, C, F, T)``."""
         for i in reversed(range(len(states))):
-            code = self.decoder[i](code, states[i])
+            code = self.decoder[i](code, states[i])  # to the input shape of encoder i
         return code
 
     @override
@@ -244,7 +292,7 @@ class ConvAutoencoder(ConvaeModule):
     # --------------------------------------------------------------------------- training
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        x = _inputs(batch)
+        x, _, _ = unpack_batch(batch)
         measures = reconstruction_measures(self(x), x)
         loss = measures["sq_error"].mean()
         self.check_finite(loss, "training")
@@ -262,38 +310,53 @@ class ConvAutoencoder(ConvaeModule):
         self._eval_step("test", batch, dataloader_idx)
 
     def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
-        x = _inputs(batch)
+        x, _, _ = unpack_batch(batch)
         view = self.view_name(dataloader_idx)
-        measures = reconstruction_measures(self(x), x)
-        kwargs = {"add_dataloader_idx": False, "batch_size": x.shape[0]}
-        self.log(f"{stage}/loss_{view}", measures["sq_error"].mean(), **kwargs)
-        for name in MEASURES:
-            self.log(
-                f"{stage}/{name}_{view}", measures[name].mean(), prog_bar=name == "euclid", **kwargs
-            )
+        code, states = self.encode(x)
+        recon = self.decode(code, states)
+        zero = self.decode(torch.zeros_like(code), states) if self.uses_switches else None
+        metrics, attribute = self.metrics_for(stage, view, ReconstructionMetrics)
+        metrics.add_batch(recon, x, zero)
+        names = MEASURES + (ZERO_CODE_MEASURES if zero is not None else ())
+        self.log_metrics(stage, view, metrics, attribute, names, prog_bar="euclid")
+
+    @override
+    def predict_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """``codes``: the active units' code ``(B, C', F', T')``; ``reconstructions`` ``(B, C,
+        F, T)`` too when ``predict_reconstructions``."""
+        code, states = self.encode(x)
+        outputs = {"codes": code}
+        if self.predict_reconstructions:
+            outputs["reconstructions"] = self.decode(code, states)
+        return outputs
 
     @override
     def on_fit_start(self) -> None:
-        trainable_encoder = any(
-            p.requires_grad for u in self._units for p in u.encoder.parameters()
-        )
-        has_sync = any(
-            hasattr(cb, "sync_transposes") or type(cb).__name__ == "TiedTransposeSync"
-            for cb in self.trainer.callbacks
-        )
-        if self.has_transpose_sync() and trainable_encoder and not has_sync:
-            warnings.warn(
-                "decoder_conv='transpose_sync' decoders stay at their initial transpose unless "
-                "re-synced after each step; add the TiedTransposeSync callback (or use "
-                "decoder_conv='tied').",
-                stacklevel=2,
-            )
+        self._warned_out_of_sync = False
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Runs after the callbacks' hook: a transpose_sync decoder that differs from its
+        # encoder's transpose now has nothing re-syncing it (whatever the callback's class).
+        if self._warned_out_of_sync:
+            return
+        for unit in self.active_units():
+            conv = unit.decoder.conv
+            if conv.mode == "transpose_sync" and not torch.equal(
+                conv.weight, conv_transpose_weight(unit.encoder.conv.weight.detach())
+            ):
+                self._warned_out_of_sync = True
+                warnings.warn(
+                    "decoder_conv='transpose_sync' decoders stay at their initial transpose "
+                    "unless re-synced after each step; add the TiedTransposeSync callback (or "
+                    "use decoder_conv='tied').",
+                    stacklevel=2,
+                )
+                return
 
     @override
     def checkpoint_metadata(self) -> dict[str, Any]:
         meta = super().checkpoint_metadata()
-        meta["layers"] = [spec.signature() for spec in self.specs]
-        meta["input_shape"] = list(self.input_shape)
         meta["num_units"] = self.num_units
         meta["num_active_units"] = self.num_active_units
         return meta
@@ -302,7 +365,7 @@ class ConvAutoencoder(ConvaeModule):
 class StackedAutoencoder(ConvAutoencoder):
     """The same units trained one level at a time (thesis 4.3): start with ``initial_units``,
     :meth:`grow` inserts the next (randomly initialised) unit between the trained encoders and
-    decoders.
+    decoders. Logs ``stack/active_units`` every epoch.
 
     All units are built at construction, so a checkpoint at any depth holds every parameter; the
     depth itself is stored in ``checkpoint["convae"]["num_active_units"]`` and restored in
@@ -314,53 +377,24 @@ class StackedAutoencoder(ConvAutoencoder):
         mode: ``strong`` (trained units are fixed when a unit is added) or ``weak`` (they keep
             training with the new unit).
         initial_units: Active units at the start (1 = the thesis's procedure).
-        **kwargs: All :class:`ConvAutoencoder` arguments (see there).
+        **kwargs: All :class:`ConvAutoencoder` arguments (``architecture`` must stay ``units``).
     """
 
     checkpoint_kind = "stacked_autoencoder"
 
-    def __init__(
-        self,
-        input_shape: tuple[int, int, int] = (1, 201, 16),
-        num_units: int = 4,
-        mode: Literal["strong", "weak"] = "weak",
-        initial_units: int = 1,
-        conv_channels: Sequence[int] = FIGURE2["conv_channels"],
-        kernel_sizes: Sequence[tuple[int, int]] = FIGURE2["kernel_sizes"],
-        pool_sizes: Sequence[PoolSize] = FIGURE2["pool_sizes"],
-        unpool: UnpoolMode | Sequence[UnpoolMode] = "switch",
-        decoder_relu: bool | Sequence[bool] | None = None,
-        decoder_conv: DecoderConvMode | Sequence[DecoderConvMode] = "free",
-        encoder: EncoderMode = "random",
-        encoder_checkpoint: str | None = None,
-        frozen: Sequence[str] = (),
-        decoder_impl: DecoderImpl = "conv_transpose",
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-    ) -> None:
-        if mode not in ("strong", "weak"):
-            raise ValueError(f"mode must be 'strong' or 'weak', got {mode!r}")
-        super().__init__(
-            input_shape=input_shape,
-            num_units=num_units,
-            architecture="units",
-            conv_channels=conv_channels,
-            kernel_sizes=kernel_sizes,
-            pool_sizes=pool_sizes,
-            unpool=unpool,
-            decoder_relu=decoder_relu,
-            decoder_conv=decoder_conv,
-            encoder=encoder,
-            encoder_checkpoint=encoder_checkpoint,
-            frozen=frozen,
-            decoder_impl=decoder_impl,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-        )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if not isinstance(initial_units, int) or not 1 <= initial_units <= num_units:
+    def __init__(self, mode: StackMode = "weak", initial_units: int = 1, **kwargs: Any) -> None:
+        if mode not in STACK_MODES:
+            raise ValueError(f"mode must be one of {STACK_MODES}, got {mode!r}")
+        if kwargs.get("architecture", "units") != "units":
             raise ValueError(
-                f"initial_units must be between 1 and num_units={num_units}, got {initial_units!r}"
+                f"StackedAutoencoder stacks units; architecture must be 'units', got "
+                f"{kwargs['architecture']!r}"
+            )
+        super().__init__(**kwargs)
+        if not isinstance(initial_units, int) or not 1 <= initial_units <= self.num_units:
+            raise ValueError(
+                f"initial_units must be between 1 and num_units={self.num_units}, got "
+                f"{initial_units!r}"
             )
         self.mode = mode
         self._num_active = 0
@@ -397,6 +431,11 @@ class StackedAutoencoder(ConvAutoencoder):
             param.requires_grad_(not fixed)
 
     @override
+    def on_train_epoch_start(self) -> None:
+        # After the callbacks' hook, so a unit StackGrowth adds now is counted in this epoch.
+        self.log("stack/active_units", float(self._num_active), on_step=False, on_epoch=True)
+
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         depth = checkpoint.get(CHECKPOINT_META_KEY, {}).get("num_active_units")
         if depth is not None:
@@ -406,11 +445,6 @@ class StackedAutoencoder(ConvAutoencoder):
                     f"{self.num_units}"
                 )
             self._set_depth(int(depth))
-
-
-def _inputs(batch: Any) -> Tensor:
-    """Inputs of an ``(x, y)`` batch or of a bare tensor batch."""
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def _per_unit(value: T | Sequence[T], n: int, name: str, allowed: Sequence[T]) -> list[T]:

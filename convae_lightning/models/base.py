@@ -1,11 +1,12 @@
 """What every LightningModule of the project shares: optimiser wiring, freezing by parameter name,
-evaluation-view names, non-finite loss checks and self-describing checkpoints."""
+evaluation metrics per view, non-finite loss checks, prediction outputs and self-describing
+checkpoints."""
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,20 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import Metric
 from typing_extensions import override
 
-from convae_lightning.runs import EVAL_VIEWS
+from convae_lightning.runs import EVAL_VIEWS, metric_key
 
-__all__ = ["CHECKPOINT_META_KEY", "DEFAULT_EVAL_VIEWS", "ConvaeModule", "read_checkpoint"]
+__all__ = [
+    "CHECKPOINT_META_KEY",
+    "DEFAULT_EVAL_VIEWS",
+    "ConvaeModule",
+    "NonFiniteLossError",
+    "match_parameters",
+    "read_checkpoint",
+    "unpack_batch",
+]
 
 #: View names when the datamodule does not say (``eval_views``): loader 0, loader 1.
 DEFAULT_EVAL_VIEWS: tuple[str, ...] = EVAL_VIEWS
@@ -25,13 +35,50 @@ DEFAULT_EVAL_VIEWS: tuple[str, ...] = EVAL_VIEWS
 CHECKPOINT_META_KEY = "convae"
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or a monitored metric) became NaN or infinite: the run cannot go on.
+
+    A user error with a remedy in its message; the CLI shows it as one line.
+    """
+
+
 def default_optimizer(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
     """AdaGrad, as in the thesis (B.9); lr 0.01 is PyTorch's default (the thesis gives none)."""
     return torch.optim.Adagrad(params, lr=0.01)
 
 
+def match_parameters(module: nn.Module, patterns: Iterable[str], owner: str) -> list[str]:
+    """Names of ``module``'s parameters matching any glob pattern, each once, in match order.
+
+    The one implementation of freezing by name (``frozen`` arguments, ``LayerFreezing``).
+
+    Raises:
+        ValueError: naming ``owner`` for a pattern that matches no parameter, listing the names.
+    """
+    names = [name for name, _ in module.named_parameters()]
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise ValueError(
+                f"{owner}: pattern {pattern!r} matches no parameter of {type(module).__name__}; "
+                f"available: {names}"
+            )
+        matched.extend(h for h in hits if h not in matched)
+    return matched
+
+
+def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(x, y, index)`` of a batch ``(x, y)``, ``(x, y, index)`` or a bare tensor ``x``."""
+    if not isinstance(batch, (list, tuple)):
+        return batch, None, None
+    x, y, *rest = batch
+    return x, y, (rest[0] if rest else None)
+
+
 class ConvaeModule(pl.LightningModule):
-    """Base class: subclasses build their layers, then call :meth:`_apply_frozen`.
+    """Base class: subclasses build their layers (``specs``, ``input_shape``), then call
+    :meth:`_apply_frozen`, and implement :meth:`predict_outputs`.
 
     Args:
         optimizer: Optimiser factory taking the parameters (LightningCLI ``OptimizerCallable``).
@@ -50,6 +97,8 @@ class ConvaeModule(pl.LightningModule):
         self._optimizer_factory = optimizer
         self._scheduler_factory = lr_scheduler
         self._config_frozen: set[str] = set()
+        # Created at first use per (stage, view): the number of views is the datamodule's.
+        self.eval_metrics = nn.ModuleDict()
 
     # ----------------------------------------------------------------------------- freezing
     def _apply_frozen(self, patterns: Sequence[str], arg_name: str = "frozen") -> None:
@@ -58,14 +107,7 @@ class ConvaeModule(pl.LightningModule):
         Frozen-by-configuration parameters are left out of the optimiser. A pattern that matches
         nothing is an error listing the available names.
         """
-        names = [n for n, _ in self.named_parameters()]
-        for pattern in patterns:
-            matched = fnmatch.filter(names, pattern)
-            if not matched:
-                raise ValueError(
-                    f"{arg_name}: pattern {pattern!r} matches no parameter; available: {names}"
-                )
-            self._config_frozen.update(matched)
+        self._config_frozen.update(match_parameters(self, patterns, arg_name))
         for name, param in self.named_parameters():
             if name in self._config_frozen:
                 param.requires_grad_(False)
@@ -90,7 +132,7 @@ class ConvaeModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self._scheduler_factory(optimizer)}
 
-    # ------------------------------------------------------------------------------ helpers
+    # ---------------------------------------------------------------------------- metrics
     def view_name(self, dataloader_idx: int) -> str:
         """Name of the evaluation view of a val/test loader (``datamodule.eval_views``)."""
         views: Sequence[str] = DEFAULT_EVAL_VIEWS
@@ -100,22 +142,82 @@ class ConvaeModule(pl.LightningModule):
             views = datamodule.eval_views
         return views[dataloader_idx] if dataloader_idx < len(views) else f"view{dataloader_idx}"
 
+    def metrics_for(
+        self, stage: str, view: str, factory: Callable[[], nn.ModuleDict]
+    ) -> tuple[nn.ModuleDict, str]:
+        """The metrics of one (stage, view), made by ``factory`` at first use, and their path."""
+        key = f"{stage}_{view}"
+        if key not in self.eval_metrics:
+            self.eval_metrics[key] = factory().to(self.device)
+        return self.eval_metrics[key], f"eval_metrics.{key}"
+
+    def log_metrics(
+        self,
+        stage: str,
+        view: str | None,
+        metrics: nn.ModuleDict,
+        attribute: str,
+        names: Iterable[str],
+        prog_bar: str | None = None,
+    ) -> None:
+        """Log torchmetrics objects as ``{stage}/{name}_{view}``: Lightning computes them at the
+        epoch's end (synchronised across processes) and resets them."""
+        for name in names:
+            metric: Metric = metrics[name]
+            # metric_attribute is explicit: Lightning caches the attribute map at the first
+            # log, before lazily created metrics exist.
+            self.log(
+                metric_key(stage, name, view),
+                metric,
+                on_step=False,
+                on_epoch=True,
+                add_dataloader_idx=False,
+                metric_attribute=f"{attribute}.{name}",
+                prog_bar=name == prog_bar,
+            )
+
     def check_finite(self, loss: Tensor, stage: str) -> None:
-        """Stop the run with a clear message when the loss is NaN or infinite."""
+        """Stop the run with a clear message when the loss is NaN or infinite.
+
+        Raises:
+            NonFiniteLossError: with the epoch, the step and what to try.
+        """
         value = float(loss.detach())
         if not math.isfinite(value):
             where = ""
             if self._trainer is not None:
                 where = f" at epoch {self.current_epoch}, global step {self.global_step}"
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"{type(self).__name__}: {stage} loss is {value}{where}. Lower the learning rate "
                 "(optimizer.init_args.lr), check the input normalisation, or enable gradient "
                 "clipping (trainer.gradient_clip_val)."
             )
 
+    # ------------------------------------------------------------------------- prediction
+    @override
+    def predict_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        """Per-sample outputs of a batch ``(x, y)`` or ``(x, y, index)`` (:meth:`predict_outputs`);
+        ``index`` (the rows of the split, int64) passes through unchanged as ``"index"``."""
+        x, _, index = unpack_batch(batch)
+        outputs = self.predict_outputs(x)
+        if index is not None:
+            outputs["index"] = index
+        return outputs
+
+    def predict_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """What ``convae predict`` writes for inputs ``x``, each with a leading batch axis."""
+        raise NotImplementedError(f"{type(self).__name__} defines no prediction outputs")
+
+    # ------------------------------------------------------------------------- checkpoints
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """Self-description stored in checkpoints (kind and layer shapes)."""
-        return {"kind": self.checkpoint_kind}
+        """Self-description stored in checkpoints: kind, input shape and layer shapes."""
+        meta: dict[str, Any] = {"kind": self.checkpoint_kind}
+        if hasattr(self, "specs"):
+            meta["layers"] = [spec.signature() for spec in self.specs]
+            meta["input_shape"] = list(self.input_shape)
+        return meta
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -124,8 +226,8 @@ class ConvaeModule(pl.LightningModule):
 
 def read_checkpoint(
     path: str | Path, expected_kinds: Sequence[str], arg_name: str
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Load a project checkpoint's ``state_dict`` and metadata, checking what kind it is.
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a project checkpoint (the whole dict) and its metadata, checking what kind it is.
 
     Raises:
         FileNotFoundError: naming ``arg_name`` when the file is missing.
@@ -149,4 +251,4 @@ def read_checkpoint(
             f"{arg_name}: {str(path)!r} is a {kind!r} checkpoint, expected one of "
             f"{list(expected_kinds)}"
         )
-    return checkpoint["state_dict"], meta
+    return checkpoint, meta

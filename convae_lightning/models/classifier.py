@@ -12,28 +12,153 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from convae_lightning.data.phones import FOLD_48_TO_39
-from convae_lightning.models.base import ConvaeModule, default_optimizer
+from convae_lightning.models.base import ConvaeModule, default_optimizer, unpack_batch
 from convae_lightning.models.metrics import ClassificationMetrics
-from convae_lightning.models.transfer import load_encoder_layers
-from convae_lightning.nn.architecture import FIGURE2, FORWARD_VARIANTS, PoolSize, build_layer_specs
+from convae_lightning.models.transfer import (
+    EncoderMode,
+    check_encoder_mode,
+    fixed_encoder_patterns,
+    load_encoder_layers,
+)
+from convae_lightning.nn.architecture import (
+    FIGURE2,
+    FORWARD_VARIANTS,
+    PoolSize,
+    PoolStride,
+    build_layer_specs,
+)
 from convae_lightning.nn.units import EncoderBlock
 
-__all__ = ["AutoencoderClassifier", "ForwardClassifier"]
+__all__ = ["AutoencoderClassifier", "ConvClassifier", "ForwardClassifier"]
 
+#: The keys of ``FORWARD_VARIANTS`` (a test keeps them equal), as a type LightningCLI validates.
 ForwardVariant = Literal[
     "frequency_padded_overlap", "frequency_overlap", "frequency", "frequency_large", "time"
 ]
-AutoencoderEncoderMode = Literal["pretrained", "fixed", "random", "random_fixed"]
-AUTOENCODER_ENCODER_MODES: tuple[str, ...] = ("pretrained", "fixed", "random", "random_fixed")
 
 
-class ForwardClassifier(ConvaeModule):
+class ConvClassifier(ConvaeModule):
+    """Conv layers (``encoder.{i}`` = conv, max-pool, ReLU) and a fully connected ``head`` with
+    dropout before the output layer; what both classifiers share. Logs ``train/loss``,
+    ``train/acc48``, ``train/acc39`` (48 classes folded to 39) and, per evaluation view,
+    ``{stage}/loss_{view}``, ``{stage}/acc48_{view}``, ``{stage}/acc39_{view}``.
+
+    Subclasses resolve their arguments into the layer sizes below, call this ``__init__`` and
+    then ``save_hyperparameters`` with their own arguments.
+
+    Args:
+        input_shape: ``(C, F, T)`` of the inputs.
+        num_classes: Number of classes; ``acc39`` is logged only for 48.
+        conv_channels: Filters per conv layer.
+        kernel_sizes: ``(kh, kw)`` per layer (0 = whole extent, unpadded only).
+        pool_sizes: ``(kh, kw)``, ``"global"`` or ``None`` per layer.
+        pool_strides: Stride per pooling window (``None``: 2 along pooled axes).
+        padding: ``same`` (full) or ``valid``.
+        fc_sizes: Hidden fully connected sizes (the output layer is added).
+        dropout: Probability of dropping a unit before the output layer.
+        frozen: Glob patterns of parameter names frozen from the start.
+        optimizer: Optimiser factory.
+        lr_scheduler: Optional scheduler factory.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        conv_channels: Sequence[int],
+        kernel_sizes: Sequence[Sequence[int]],
+        pool_sizes: Sequence[PoolSize],
+        pool_strides: Sequence[PoolStride] | None,
+        padding: str,
+        fc_sizes: Sequence[int],
+        dropout: float,
+        frozen: Sequence[str],
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        owner = type(self).__name__
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"{owner}: num_classes must be an int >= 2, got {num_classes!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+        if any(not isinstance(n, int) or n <= 0 for n in fc_sizes):
+            raise ValueError(f"{owner}: fc_sizes must be positive ints, got {list(fc_sizes)}")
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.num_classes = num_classes
+        self.specs = build_layer_specs(
+            input_shape,
+            conv_channels,
+            kernel_sizes,
+            pool_sizes,
+            padding,
+            owner=owner,
+            pool_strides=pool_strides,
+        )
+        self.encoder = nn.ModuleList(EncoderBlock(spec) for spec in self.specs)
+        last = self.specs[-1]
+        features = last.out_channels * last.output_hw[0] * last.output_hw[1]
+        layers: list[nn.Module] = []
+        for size in fc_sizes:
+            layers += [nn.Linear(features, size), nn.ReLU(inplace=True)]
+            features = size
+        # Figure 2: dropout sits between the feature extraction and the classification layer.
+        layers += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
+        self.head = nn.Sequential(*layers)
+        self._fold = FOLD_48_TO_39 if num_classes == len(FOLD_48_TO_39) else None
+        # The training loss is logged per step as well; its epoch mean needs no metric object.
+        self.train_metrics = ClassificationMetrics(num_classes, self._fold, loss=False)
+        self._apply_frozen(frozen)
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of inputs ``(B, C, F, T)``."""
+        for block in self.encoder:
+            x = block(x)  # Figure 2: (B, 8, 99, 8) ... (B, 1000, 1, 1)
+        return self.head(x.flatten(1))  # (B, C' * F' * T') -> (B, num_classes)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        x, y, _ = unpack_batch(batch)
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.check_finite(loss, "training")
+        self.train_metrics.add_batch(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_metrics("train", None, self.train_metrics, "train_metrics", self._accuracies())
+        # All parameters frozen (a "no training" baseline): nothing to optimise.
+        return loss if loss.requires_grad else None
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
+        x, y, _ = unpack_batch(batch)
+        view = self.view_name(dataloader_idx)
+        metrics, attribute = self.metrics_for(
+            stage, view, lambda: ClassificationMetrics(self.num_classes, self._fold)
+        )
+        metrics.add_batch(self(x), y)
+        names = ("loss", *self._accuracies())
+        self.log_metrics(stage, view, metrics, attribute, names, prog_bar="acc48")
+
+    def _accuracies(self) -> tuple[str, ...]:
+        return ("acc48", "acc39") if self._fold is not None else ("acc48",)
+
+    @override
+    def predict_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """``posteriors``: class probabilities ``(B, num_classes)``; ``predicted``: ``(B,)``."""
+        posteriors = self(x).softmax(-1)
+        return {"posteriors": posteriors, "predicted": posteriors.argmax(-1)}
+
+
+class ForwardClassifier(ConvClassifier):
     """The thesis's forward network (Figure 2) and its Table 2 variants.
-
-    Layers: ``encoder.{i}`` = conv, max-pool, ReLU; then ``head`` = fully connected layers with
-    ReLU, dropout before the last (classification) layer. Logs ``{stage}/loss``,
-    ``{stage}/acc48`` and ``{stage}/acc39`` (48 classes folded to 39), for validation and test
-    per evaluation view: ``val/acc48_balanced``, ``val/acc39_natural``, ...
 
     Args:
         input_shape: ``(C, F, T)`` of the inputs (link from the datamodule's ``input_shape``).
@@ -45,14 +170,17 @@ class ForwardClassifier(ConvaeModule):
         conv_channels: Override the variant's filters per conv layer.
         kernel_sizes: Override the variant's ``(kh, kw)`` per layer (0 = whole extent, unpadded
             only).
-        pool_sizes: Override the variant's pooling per layer: ``(kh, kw)`` (stride 2 along
-            pooled axes), ``"global"`` or ``null``.
+        pool_sizes: Override the variant's pooling per layer: ``(kh, kw)``, ``"global"`` or
+            ``null``.
+        pool_strides: Stride per pooling window; ``null`` strides 2 along the axes a window
+            spans, 1 elsewhere (``[[2, 2], ...]``: MatConvNet's literal scalar stride).
         padding: Override the variant's padding: ``same`` (full) or ``valid``.
         fc_sizes: Override the hidden fully connected sizes (the output layer is added).
         dropout: Probability of *dropping* a unit before the output layer. The thesis's "dropout
             rate 0.9" is read as keep probability 0.9 (drop 0.1): with drop 0.9 the network did
             not learn within a short synthetic run (docs/models.md,
-            ``python benchmarks/dropout_study.py``).
+            ``python benchmarks/dropout_study.py``); the literal reading is in
+            ``conf/overlays/thesis_protocol.yaml``.
         frozen: Glob patterns of parameter names frozen from the start, e.g.
             ``["encoder.*.conv.bias"]`` (weights and biases separately) or ``["*"]``.
         optimizer: Optimiser factory (AdaGrad by default, as in the thesis).
@@ -69,6 +197,7 @@ class ForwardClassifier(ConvaeModule):
         conv_channels: Sequence[int] | None = None,
         kernel_sizes: Sequence[tuple[int, int]] | None = None,
         pool_sizes: Sequence[PoolSize] | None = None,
+        pool_strides: Sequence[PoolStride] | None = None,
         padding: Literal["same", "valid"] | None = None,
         fc_sizes: Sequence[int] | None = None,
         dropout: float = 0.1,
@@ -76,158 +205,46 @@ class ForwardClassifier(ConvaeModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if variant not in FORWARD_VARIANTS:
             raise ValueError(f"variant must be one of {list(FORWARD_VARIANTS)}, got {variant!r}")
         preset = FORWARD_VARIANTS[variant]
-        self._build(
+        super().__init__(
             input_shape=input_shape,
             num_classes=num_classes,
             conv_channels=conv_channels if conv_channels is not None else preset["conv_channels"],
             kernel_sizes=kernel_sizes if kernel_sizes is not None else preset["kernel_sizes"],
             pool_sizes=pool_sizes if pool_sizes is not None else preset["pool_sizes"],
+            pool_strides=pool_strides,
             padding=padding if padding is not None else preset["padding"],
             fc_sizes=fc_sizes if fc_sizes is not None else preset["fc_sizes"],
             dropout=dropout,
+            frozen=frozen,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
-        self._apply_frozen(frozen)
-
-    def _build(
-        self,
-        input_shape: Sequence[int],
-        num_classes: int,
-        conv_channels: Sequence[int],
-        kernel_sizes: Sequence[Sequence[int]],
-        pool_sizes: Sequence[PoolSize],
-        padding: str,
-        fc_sizes: Sequence[int],
-        dropout: float,
-    ) -> None:
-        owner = type(self).__name__
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"{owner}: num_classes must be an int >= 2, got {num_classes!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
-        if any(not isinstance(n, int) or n <= 0 for n in fc_sizes):
-            raise ValueError(f"{owner}: fc_sizes must be positive ints, got {list(fc_sizes)}")
-        self.input_shape = tuple(int(v) for v in input_shape)
-        self.num_classes = num_classes
-        self.specs = build_layer_specs(
-            input_shape, conv_channels, kernel_sizes, pool_sizes, padding, owner=owner
-        )
-        self.encoder = nn.ModuleList(EncoderBlock(spec) for spec in self.specs)
-        last = self.specs[-1]
-        features = last.out_channels * last.output_hw[0] * last.output_hw[1]
-        layers: list[nn.Module] = []
-        for size in fc_sizes:
-            layers += [nn.Linear(features, size), nn.ReLU(inplace=True)]
-            features = size
-        # Figure 2: dropout sits between the feature extraction and the classification layer.
-        layers += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
-        self.head = nn.Sequential(*layers)
-        fold = FOLD_48_TO_39 if num_classes == len(FOLD_48_TO_39) else None
-        self._fold = fold
-        self.train_metrics = ClassificationMetrics(num_classes, fold)
-        # Created lazily per (stage, view): the number of evaluation views is the datamodule's.
-        self.eval_metrics = nn.ModuleDict()
-
-    @override
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.encoder:
-            x = block(x)
-        return self.head(x.flatten(1))
-
-    def features(self, x: Tensor) -> Tensor:
-        """The flattened output of the convolutional part (the encoder's representation)."""
-        for block in self.encoder:
-            x = block(x)
-        return x.flatten(1)
-
-    @override
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.check_finite(loss, "training")
-        self.train_metrics.update(logits.detach(), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self._log_accuracy("train", "", self.train_metrics, "train_metrics")
-        # All parameters frozen (a "no training" baseline): nothing to optimise.
-        return loss if loss.requires_grad else None
-
-    @override
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
-
-    def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
-        x, y = batch
-        view = self.view_name(dataloader_idx)
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        metrics = self._metrics_for(stage, view)
-        metrics.update(logits, y)
-        self.log(f"{stage}/loss_{view}", loss, add_dataloader_idx=False, prog_bar=True)
-        self._log_accuracy(stage, f"_{view}", metrics, f"eval_metrics.{stage}_{view}")
-
-    def _metrics_for(self, stage: str, view: str) -> ClassificationMetrics:
-        key = f"{stage}_{view}"
-        if key not in self.eval_metrics:
-            self.eval_metrics[key] = ClassificationMetrics(self.num_classes, self._fold).to(
-                self.device
-            )
-        return self.eval_metrics[key]
-
-    def _log_accuracy(
-        self, stage: str, suffix: str, metrics: ClassificationMetrics, attribute: str
-    ) -> None:
-        # metric_attribute is explicit: Lightning caches the attribute map at the first log,
-        # before the lazily created evaluation metrics exist.
-        kwargs = {"on_step": False, "on_epoch": True, "add_dataloader_idx": False}
-        self.log(
-            f"{stage}/acc48{suffix}",
-            metrics.acc,
-            prog_bar=stage != "train",
-            metric_attribute=f"{attribute}.acc",
-            **kwargs,
-        )
-        if metrics.folded is not None:
-            self.log(
-                f"{stage}/acc39{suffix}",
-                metrics.folded,
-                metric_attribute=f"{attribute}.folded",
-                **kwargs,
-            )
-
-    @override
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        meta = super().checkpoint_metadata()
-        meta["layers"] = [spec.signature() for spec in self.specs]
-        meta["input_shape"] = list(self.input_shape)
-        return meta
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
 
-class AutoencoderClassifier(ForwardClassifier):
+class AutoencoderClassifier(ConvClassifier):
     """The Figure 2 forward network whose convolutions come from a trained autoencoder (4.4).
 
     Args:
         input_shape: ``(C, F, T)`` of the inputs.
         num_classes: Number of classes.
-        autoencoder_checkpoint: A ``ConvAutoencoder``/``StackedAutoencoder`` checkpoint. Its
-            (active) encoder layers must match this network's first conv layers, else a
-            ``ValueError`` names this argument; layers beyond the autoencoder's depth keep their
-            random initialisation and are trained.
-        encoder: ``pretrained`` (initialised from the autoencoder, then trained), ``fixed``
-            (initialised and frozen: the learnt representation is used as is), ``random`` (the
-            baseline: an untrained network, equal to a plain forward network) or
-            ``random_fixed`` (random, frozen convolutions: Table 5's fixed-encoder baseline).
+        autoencoder_checkpoint: A ``ConvAutoencoder``/``StackedAutoencoder`` checkpoint (of a
+            stacked run, any ``checkpoints/unit{k}.ckpt``: its k trained units are loaded). Its
+            convolutions must match this network's first ones in shape, else a ``ValueError``
+            names this argument; layers beyond the autoencoder's depth keep their random
+            initialisation and are trained.
+        encoder: ``pretrained`` (initialised from the autoencoder, then trained),
+            ``pretrained_fixed`` (initialised and frozen: the learnt representation is used as
+            is), ``random`` (the baseline: an untrained network, equal to a plain forward
+            network) or ``random_fixed`` (random, frozen convolutions: Table 5's fixed-encoder
+            baseline).
         conv_channels: Conv filters per layer (Figure 2 by default; must match the autoencoder).
         kernel_sizes: Conv kernels per layer.
         pool_sizes: Pooling per layer.
+        pool_strides: Stride per pooling window (``null``: 2 along pooled axes).
         fc_sizes: Hidden fully connected sizes.
         dropout: Drop probability before the output layer.
         frozen: Extra glob patterns of parameter names frozen from the start.
@@ -242,41 +259,35 @@ class AutoencoderClassifier(ForwardClassifier):
         input_shape: tuple[int, int, int] = (1, 201, 16),
         num_classes: int = 48,
         autoencoder_checkpoint: str | None = None,
-        encoder: AutoencoderEncoderMode = "pretrained",
+        encoder: EncoderMode = "pretrained",
         conv_channels: Sequence[int] = FIGURE2["conv_channels"],
         kernel_sizes: Sequence[tuple[int, int]] = FIGURE2["kernel_sizes"],
         pool_sizes: Sequence[PoolSize] = FIGURE2["pool_sizes"],
+        pool_strides: Sequence[PoolStride] | None = None,
         fc_sizes: Sequence[int] = FIGURE2["fc_sizes"],
         dropout: float = 0.1,
         frozen: Sequence[str] = (),
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        # Skip ForwardClassifier.__init__: its hparams (variant, padding) are not ours.
-        ConvaeModule.__init__(self, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if encoder not in AUTOENCODER_ENCODER_MODES:
-            raise ValueError(f"encoder must be one of {AUTOENCODER_ENCODER_MODES}, got {encoder!r}")
-        needs_checkpoint = encoder in ("pretrained", "fixed")
-        if needs_checkpoint and autoencoder_checkpoint is None:
-            raise ValueError(f"encoder={encoder!r} needs autoencoder_checkpoint (a path), got None")
-        if not needs_checkpoint and autoencoder_checkpoint is not None:
-            raise ValueError(
-                f"encoder={encoder!r} uses random convolutions; remove autoencoder_checkpoint "
-                f"({autoencoder_checkpoint!r}) or use encoder='pretrained'/'fixed'"
-            )
-        self._build(
+        pretrained = check_encoder_mode(encoder, autoencoder_checkpoint, "autoencoder_checkpoint")
+        super().__init__(
             input_shape=input_shape,
             num_classes=num_classes,
             conv_channels=conv_channels,
             kernel_sizes=kernel_sizes,
             pool_sizes=pool_sizes,
+            pool_strides=pool_strides,
             padding="same",
             fc_sizes=fc_sizes,
             dropout=dropout,
+            frozen=frozen,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.num_loaded_layers = 0
-        if needs_checkpoint:
+        if pretrained:
             self.num_loaded_layers = load_encoder_layers(
                 self.encoder,
                 self.specs,
@@ -284,9 +295,4 @@ class AutoencoderClassifier(ForwardClassifier):
                 expected_kinds=("autoencoder", "stacked_autoencoder"),
                 arg_name="autoencoder_checkpoint",
             )
-        fixed: list[str] = []
-        if encoder == "fixed":
-            fixed = [f"encoder.{i}.conv.*" for i in range(self.num_loaded_layers)]
-        elif encoder == "random_fixed":
-            fixed = ["encoder.*.conv.*"]
-        self._apply_frozen([*fixed, *frozen])
+        self._apply_frozen(fixed_encoder_patterns(encoder, self.num_loaded_layers))

@@ -1,10 +1,11 @@
-"""Copying encoder convolutions between checkpoints and models (autoencoder <-> classifier)."""
+"""Encoders taken from another model's checkpoint (autoencoder <-> classifier): one vocabulary
+for how an encoder starts and whether it trains, and the copy of its convolutions."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -12,7 +13,48 @@ from torch import nn
 from convae_lightning.models.base import read_checkpoint
 from convae_lightning.nn.architecture import LayerSpec
 
-__all__ = ["load_encoder_layers"]
+__all__ = [
+    "ENCODER_MODES",
+    "EncoderMode",
+    "check_encoder_mode",
+    "fixed_encoder_patterns",
+    "load_encoder_layers",
+]
+
+#: How an encoder starts (``random`` or from a checkpoint, ``pretrained``) and whether it then
+#: trains (``_fixed``: it does not). Shared by autoencoders and autoencoder classifiers.
+EncoderMode = Literal["random", "random_fixed", "pretrained", "pretrained_fixed"]
+ENCODER_MODES: tuple[str, ...] = get_args(EncoderMode)
+
+
+def check_encoder_mode(mode: str, checkpoint: str | None, checkpoint_arg: str) -> bool:
+    """Validate ``encoder`` against the checkpoint argument; ``True`` when weights are loaded.
+
+    Raises:
+        ValueError: for an unknown mode, a ``pretrained*`` mode without checkpoint, or a
+            checkpoint given to a ``random*`` mode (it would be ignored).
+    """
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"encoder must be one of {ENCODER_MODES}, got {mode!r}")
+    pretrained = mode.startswith("pretrained")
+    if pretrained and checkpoint is None:
+        raise ValueError(f"encoder={mode!r} needs {checkpoint_arg} (a path), got None")
+    if not pretrained and checkpoint is not None:
+        raise ValueError(
+            f"encoder={mode!r} does not load weights; remove {checkpoint_arg} ({checkpoint!r}) "
+            "or use encoder='pretrained'/'pretrained_fixed'"
+        )
+    return pretrained
+
+
+def fixed_encoder_patterns(mode: str, num_loaded: int) -> list[str]:
+    """Parameter patterns an encoder mode freezes: every encoder convolution (``random_fixed``),
+    the loaded ones (``pretrained_fixed``; deeper layers stay random and trained), or none."""
+    if mode == "random_fixed":
+        return ["encoder.*.conv.*"]
+    if mode == "pretrained_fixed":
+        return [f"encoder.{i}.conv.*" for i in range(num_loaded)]
+    return []
 
 
 def load_encoder_layers(
@@ -21,14 +63,15 @@ def load_encoder_layers(
     path: str | Path,
     expected_kinds: Sequence[str],
     arg_name: str,
-    use_active_depth: bool = True,
 ) -> int:
     """Copy ``encoder.{i}.conv.weight|bias`` from a checkpoint into ``encoder`` (in place).
 
-    Layers are matched by their signature (channels, kernel, padding, pooling), stored by every
-    model in ``checkpoint["convae"]["layers"]``. The checkpoint may have fewer layers (e.g. a
-    2-unit autoencoder into the 4-layer classifier: the rest keep their initialisation) or more
-    (only the first ``len(specs)`` are used).
+    Convolutions are matched by their own shapes (channels, kernel, padding), stored by every
+    model in ``checkpoint["convae"]["layers"]``, whatever pooling either model uses (the
+    pooling-free ``conv_inverse`` autoencoder takes a forward network's first convolution). The
+    checkpoint may have fewer layers (e.g. a 2-unit autoencoder into the 4-layer classifier: the
+    rest keep their initialisation) or more (only the first ``len(specs)`` are used); of a stacked
+    autoencoder only the trained units (``num_active_units``) are taken.
 
     Args:
         encoder: The target's ``ModuleList`` of encoder blocks.
@@ -36,32 +79,31 @@ def load_encoder_layers(
         path: Checkpoint file.
         expected_kinds: Accepted ``checkpoint["convae"]["kind"]`` values.
         arg_name: Argument to name in errors.
-        use_active_depth: Copy only a stacked autoencoder's trained units
-            (``checkpoint["convae"]["num_active_units"]``), not its untrained deeper ones.
 
     Returns:
         The number of layers copied.
 
     Raises:
-        ValueError: naming ``arg_name`` when a layer does not fit.
+        ValueError: naming ``arg_name`` when a convolution's shape does not fit.
     """
-    state, meta = read_checkpoint(path, expected_kinds, arg_name)
+    checkpoint, meta = read_checkpoint(path, expected_kinds, arg_name)
     source_layers: list[dict[str, Any]] = meta.get("layers", [])
     count = min(len(source_layers), len(specs))
     active = meta.get("num_active_units")
-    if use_active_depth and active is not None:
+    if active is not None:
         count = min(count, int(active))
     if count == 0:
         raise ValueError(f"{arg_name}: {str(path)!r} describes no encoder layers to load")
     for i in range(count):
-        want, got = specs[i].signature(), source_layers[i]
+        want = specs[i].conv_signature()
+        got = {key: source_layers[i].get(key) for key in want}
         if want != got:
             raise ValueError(
-                f"{arg_name}: layer {i} of {str(path)!r} does not fit this model: checkpoint has "
-                f"{got}, model expects {want}"
+                f"{arg_name}: convolution {i} of {str(path)!r} does not fit this model: "
+                f"checkpoint has {got}, model expects {want}"
             )
         with torch.no_grad():
             for name in ("weight", "bias"):
-                source = state[f"encoder.{i}.conv.{name}"]
+                source = checkpoint["state_dict"][f"encoder.{i}.conv.{name}"]
                 getattr(encoder[i].conv, name).copy_(source)
     return count

@@ -12,17 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from convae_lightning.nn.pool import pool_output_size
+
 __all__ = [
     "FIGURE2",
     "FORWARD_VARIANTS",
     "LayerSpec",
     "PoolSize",
+    "PoolStride",
     "build_layer_specs",
     "pool_stride",
 ]
 
 #: ``(kh, kw)`` window, ``"global"`` (whole map to 1x1) or ``None`` (no pooling).
 PoolSize = tuple[int, int] | Literal["global"] | None
+#: ``(sh, sw)`` stride of a pooling window, or ``None`` for :func:`pool_stride`'s default.
+PoolStride = tuple[int, int] | None
 
 #: The thesis's final forward architecture (Figure 2) and the default autoencoder.
 FIGURE2: dict = {
@@ -75,7 +80,11 @@ FORWARD_VARIANTS: dict[str, dict] = {
 
 
 def pool_stride(pool_size: tuple[int, int]) -> tuple[int, int]:
-    """Stride 2 along every axis the window spans (>1), 1 elsewhere (thesis: stride-2 pooling)."""
+    """Stride 2 along every axis the window spans (>1), 1 elsewhere (thesis: stride-2 pooling).
+
+    The default reading; MatConvNet's scalar stride 2 (2 on both axes, even for a 5x1 window) is
+    the literal one, set with ``pool_strides`` (docs/models.md, "Ambiguities").
+    """
     return tuple(2 if k > 1 else 1 for k in pool_size)
 
 
@@ -99,15 +108,22 @@ class LayerSpec:
     def output_shape(self) -> tuple[int, int, int]:
         return (self.out_channels, *self.output_hw)
 
-    def signature(self) -> dict:
-        """What must match for weights to transfer between models (stored in checkpoints)."""
+    def conv_signature(self) -> dict:
+        """What must match for a convolution's weights to transfer between models."""
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size),
             "padding": self.padding,
+        }
+
+    def signature(self) -> dict:
+        """The layer as stored in checkpoints: its convolution and its pooling."""
+        return {
+            **self.conv_signature(),
             "pool": self.pool,
             "pool_size": list(self.pool_size) if self.pool_size else None,
+            "pool_stride": list(self.pool_stride) if self.pool_stride else None,
         }
 
 
@@ -119,8 +135,12 @@ def build_layer_specs(
     padding: str = "same",
     num_layers: int | None = None,
     owner: str = "model",
+    pool_strides: Sequence[PoolStride] | None = None,
 ) -> list[LayerSpec]:
     """Resolve and validate a stack of conv+pool layers for an input of shape ``(C, F, T)``.
+
+    ``pool_strides`` gives each window's stride (``None`` entries, or no list at all, use
+    :func:`pool_stride`); entries of global or absent pooling are ignored.
 
     Raises:
         ValueError: naming the offending argument when sizes are non-positive, lists have
@@ -133,10 +153,12 @@ def build_layer_specs(
     if padding not in ("same", "valid"):
         raise ValueError(f"{owner}: padding must be 'same' or 'valid', got {padding!r}")
     n = len(conv_channels)
-    if not (len(kernel_sizes) == n and len(pool_sizes) == n):
+    strides = list(pool_strides) if pool_strides is not None else [None] * n
+    if not (len(kernel_sizes) == n and len(pool_sizes) == n and len(strides) == n):
         raise ValueError(
-            f"{owner}: conv_channels, kernel_sizes and pool_sizes must have equal lengths, got "
-            f"{len(conv_channels)}, {len(kernel_sizes)}, {len(pool_sizes)}"
+            f"{owner}: conv_channels, kernel_sizes, pool_sizes and pool_strides must have equal "
+            f"lengths, got {len(conv_channels)}, {len(kernel_sizes)}, {len(pool_sizes)}, "
+            f"{len(strides)}"
         )
     if num_layers is None:
         num_layers = n
@@ -179,6 +201,13 @@ def build_layer_specs(
                     f"got {pool!r}"
                 )
             pstride = pool_stride(psize)
+            if strides[i] is not None:
+                pstride = tuple(int(v) for v in strides[i])
+                if len(pstride) != 2 or min(pstride) <= 0:
+                    raise ValueError(
+                        f"{owner}: pool_strides[{i}] must be two positive ints or null, "
+                        f"got {strides[i]!r}"
+                    )
             if psize[0] > conv_hw[0] or psize[1] > conv_hw[1]:
                 raise ValueError(
                     f"{owner}: layer {i} pools {psize[0]}x{psize[1]} but its map is only "
@@ -186,9 +215,7 @@ def build_layer_specs(
                     "reduce num_units/the number of layers or use a larger input"
                 )
             kind = "window"
-            out_hw = tuple(
-                (n - k) // s + 1 for n, k, s in zip(conv_hw, psize, pstride, strict=True)
-            )
+            out_hw = pool_output_size(conv_hw, psize, pstride)
         specs.append(
             LayerSpec(
                 index=i,

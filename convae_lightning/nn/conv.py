@@ -7,7 +7,7 @@ are computed (``conv_transpose2d`` with the flipped kernel, or a plain padded ``
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,19 +16,24 @@ from torch import Tensor, nn
 __all__ = [
     "DECODER_CONV_MODES",
     "DECODER_IMPLS",
+    "SYNC_BIASES",
     "DecoderConv2d",
     "DecoderConvMode",
     "DecoderImpl",
     "EncoderConv2d",
+    "SyncBias",
     "conv_transpose_weight",
     "decoder_conv2d",
     "same_padding",
 ]
 
 DecoderConvMode = Literal["free", "init_transpose", "transpose_sync", "tied"]
-DECODER_CONV_MODES: tuple[str, ...] = ("free", "init_transpose", "transpose_sync", "tied")
+DECODER_CONV_MODES: tuple[str, ...] = get_args(DecoderConvMode)
 DecoderImpl = Literal["conv_transpose", "conv2d"]
-DECODER_IMPLS: tuple[str, ...] = ("conv_transpose", "conv2d")
+DECODER_IMPLS: tuple[str, ...] = get_args(DecoderImpl)
+#: Bias of a ``transpose_sync`` decoder: ``zero`` (fixed, the thesis's) or ``trained``.
+SyncBias = Literal["zero", "trained"]
+SYNC_BIASES: tuple[str, ...] = get_args(SyncBias)
 Padding = Literal["same", "valid"]
 
 
@@ -141,6 +146,7 @@ class EncoderConv2d(nn.Module):
         _default_init(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W) -> (B, C_out, H, W)`` (same) or ``(B, C_out, H-kh+1, W-kw+1)``."""
         if self.padding == "valid":
             return F.conv2d(x, self.weight, self.bias)
         top, bottom, left, right = same_padding(self.kernel_size)
@@ -166,60 +172,62 @@ class DecoderConv2d(nn.Module):
     - ``init_transpose``: initialised to ``T(encoder.weight)``, then trained freely.
     - ``transpose_sync``: a *buffer* equal to ``T(encoder.weight)``: no gradient of its own.
       :meth:`sync_transpose_` re-sets it (the ``TiedTransposeSync`` callback calls it after every
-      optimiser step, giving the thesis's "fixed transpose").
+      optimiser step, giving the thesis's "fixed transpose"). Its bias is a zero buffer too
+      (``sync_bias="zero"``): the thesis's fixed-transpose decoders have "no capability to
+      learn"; ``sync_bias="trained"`` gives it a trained bias instead.
     - ``tied``: no storage of its own; ``weight`` is ``T(encoder.weight)`` computed on the fly,
       so gradients flow into the encoder (beyond the thesis). The encoder's parameter is not
       registered a second time, so it appears once in ``parameters()`` (Lightning#16465).
 
     The bias is always the decoder's own (B.8.1): zeros for the transpose modes (so the decoder
-    starts as the exact transpose), PyTorch's default init for ``free``.
+    starts as the exact transpose), PyTorch's default init for ``free``. The kernel is the
+    encoder's (the transpose keeps the filter size).
 
     Args:
         encoder: The convolution to invert (must be same-padded).
         mode: One of ``free | init_transpose | transpose_sync | tied``.
-        kernel_size: Decoder kernel; defaults to the encoder's. Only ``free`` may differ.
         impl: How the convolution is computed, see :func:`decoder_conv2d`.
+        sync_bias: ``zero`` (a fixed zero buffer) or ``trained``; only for ``transpose_sync``.
     """
 
     def __init__(
         self,
         encoder: EncoderConv2d,
         mode: DecoderConvMode = "free",
-        kernel_size: tuple[int, int] | None = None,
         impl: DecoderImpl = "conv_transpose",
+        sync_bias: SyncBias = "zero",
     ) -> None:
         super().__init__()
         if mode not in DECODER_CONV_MODES:
             raise ValueError(f"decoder_conv must be one of {DECODER_CONV_MODES}, got {mode!r}")
         if impl not in DECODER_IMPLS:
             raise ValueError(f"decoder_impl must be one of {DECODER_IMPLS}, got {impl!r}")
+        if sync_bias not in SYNC_BIASES:
+            raise ValueError(f"sync_bias must be one of {SYNC_BIASES}, got {sync_bias!r}")
         if encoder.padding != "same":
             raise ValueError("a decoder can only invert a same-padded (full padding) convolution")
-        kernel_size = tuple(kernel_size) if kernel_size is not None else encoder.kernel_size
-        if mode != "free" and kernel_size != encoder.kernel_size:
-            raise ValueError(
-                f"decoder_conv={mode!r} needs the decoder kernel to equal the encoder's "
-                f"{encoder.kernel_size} (the transpose keeps the filter size), got {kernel_size}"
-            )
         self.mode = mode
         self.impl = impl
         self.in_channels = encoder.out_channels
         self.out_channels = encoder.in_channels
-        self.kernel_size = kernel_size
+        self.kernel_size = encoder.kernel_size
         # Not registered as a submodule: the encoder's parameters must not appear twice.
         object.__setattr__(self, "_encoder", encoder)
-        shape = (self.out_channels, self.in_channels, *kernel_size)
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
         if mode == "free":
             self.weight = nn.Parameter(torch.empty(shape))
             self.bias = nn.Parameter(torch.empty(self.out_channels))
             _default_init(self.weight, self.bias)
+        elif mode == "transpose_sync":
+            self.register_buffer("weight", conv_transpose_weight(encoder.weight.detach()).clone())
+            if sync_bias == "zero":
+                self.register_buffer("bias", torch.zeros(self.out_channels))
+            else:
+                self.bias = nn.Parameter(torch.zeros(self.out_channels))
         else:
             self.bias = nn.Parameter(torch.zeros(self.out_channels))
-            initial = conv_transpose_weight(encoder.weight.detach()).clone()
             if mode == "init_transpose":
-                self.weight = nn.Parameter(initial)
-            elif mode == "transpose_sync":
-                self.register_buffer("weight", initial)
+                self.weight = nn.Parameter(conv_transpose_weight(encoder.weight.detach()).clone())
 
     @property
     def encoder(self) -> EncoderConv2d:
@@ -240,6 +248,7 @@ class DecoderConv2d(nn.Module):
             self.weight.copy_(conv_transpose_weight(self._encoder.weight))
 
     def forward(self, y: Tensor) -> Tensor:
+        """``(B, encoder.out_channels, H, W) -> (B, encoder.in_channels, H, W)``."""
         if self.mode == "tied":
             # T(T(F)) = F: the conv_transpose path needs the encoder's weight as it is stored.
             return decoder_conv2d(

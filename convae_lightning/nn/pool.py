@@ -3,6 +3,10 @@
 A pooling window is ``(kh, kw)`` with stride ``(sh, sw)`` and no padding (201 -> 99 with 5/2, as in
 Figure 2). ``kernel_size=None`` means *global* pooling over the whole map (the layer that ends the
 encoder, thesis 4.2.1).
+
+Switches are flat ``H*W`` indices into each channel's map, as ``F.max_pool2d(...,
+return_indices=True)`` gives them; every operation here has a deterministic CUDA implementation,
+so switch and blind autoencoders train under ``torch.use_deterministic_algorithms(True)``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ __all__ = [
     "BlindUpsample2d",
     "MaxPool2dSwitches",
     "SwitchUnpool2d",
+    "global_max_pool_with_switches",
     "pool_output_size",
 ]
 
@@ -27,6 +32,21 @@ def pool_output_size(size: Size2, kernel_size: Size2 | None, stride: Size2 | Non
         return (1, 1)
     stride = stride or kernel_size
     return tuple((n - k) // s + 1 for n, k, s in zip(size, kernel_size, stride, strict=True))
+
+
+def global_max_pool_with_switches(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Global max pooling ``(B, C, H, W) -> (B, C, 1, 1)`` and its switches ``(B, C, 1, 1)``.
+
+    Equal to ``F.adaptive_max_pool2d(x, 1, return_indices=True)`` in values, switches (the first
+    maximum in scan order on ties) and gradients (all of it to the switch). Its backward is
+    ``gather``'s, a ``scatter_add`` with a deterministic CUDA implementation, whereas
+    ``adaptive_max_pool2d_backward_cuda`` has none and fails under
+    ``torch.use_deterministic_algorithms(True)``.
+    """
+    flat = x.flatten(2)  # (B, C, H*W)
+    switches = flat.argmax(-1, keepdim=True)  # (B, C, 1); argmax returns the first maximum
+    y = flat.gather(-1, switches)  # (B, C, 1)
+    return y.unsqueeze(-1), switches.unsqueeze(-1)
 
 
 class MaxPool2dSwitches(nn.Module):
@@ -59,14 +79,11 @@ class MaxPool2dSwitches(nn.Module):
         self.stride = stride
         self.return_switches = return_switches
 
-    @property
-    def is_global(self) -> bool:
-        return self.kernel_size is None
-
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``(B, C, H, W) -> (B, C, H', W')`` (and switches of the same shape)."""
         if self.kernel_size is None:
             if self.return_switches:
-                return F.adaptive_max_pool2d(x, 1, return_indices=True)
+                return global_max_pool_with_switches(x)
             return torch.amax(x, dim=(-2, -1), keepdim=True)
         if self.return_switches:
             return F.max_pool2d(x, self.kernel_size, self.stride, return_indices=True)
@@ -109,9 +126,9 @@ class SwitchUnpool2d(nn.Module):
             )
         b, c = y.shape[:2]
         ho, wo = output_size
-        flat_idx = indices.reshape(b, c, -1)
-        flat_y = y.reshape(b, c, -1)
-        out = y.new_zeros(b, c, ho * wo).scatter_add(2, flat_idx, flat_y)
+        flat_idx = indices.reshape(b, c, -1)  # (B, C, H*W), values in [0, Ho*Wo)
+        flat_y = y.reshape(b, c, -1)  # (B, C, H*W)
+        out = y.new_zeros(b, c, ho * wo).scatter_add(2, flat_idx, flat_y)  # (B, C, Ho*Wo)
         if self.overlapping:
             with torch.no_grad():
                 counts = y.new_zeros(b, c, ho * wo).scatter_add_(
@@ -167,9 +184,9 @@ class BlindUpsample2d(nn.Module):
             raise ValueError(
                 f"input {h}x{w} is not what pooling {kh}x{kw}/{sh}x{sw} makes of {ho}x{wo}"
             )
-        p_h = self._matrix(ho, h, kh, sh, y)
-        p_w = self._matrix(wo, w, kw, sw, y)
-        return p_h @ y @ p_w.T
+        p_h = self._matrix(ho, h, kh, sh, y)  # (Ho, H)
+        p_w = self._matrix(wo, w, kw, sw, y)  # (Wo, W)
+        return p_h @ y @ p_w.T  # (Ho, H) @ (B, C, H, W) @ (W, Wo) -> (B, C, Ho, Wo)
 
     def extra_repr(self) -> str:
         return "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}"

@@ -9,13 +9,19 @@ checkpoint transfer between autoencoders and classifiers rely on these names.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convae_lightning.nn.architecture import LayerSpec
-from convae_lightning.nn.conv import DecoderConv2d, DecoderConvMode, DecoderImpl, EncoderConv2d
+from convae_lightning.nn.conv import (
+    DecoderConv2d,
+    DecoderConvMode,
+    DecoderImpl,
+    EncoderConv2d,
+    SyncBias,
+)
 from convae_lightning.nn.pool import BlindUpsample2d, MaxPool2dSwitches, SwitchUnpool2d
 
 __all__ = [
@@ -28,7 +34,7 @@ __all__ = [
 ]
 
 UnpoolMode = Literal["switch", "blind"]
-UNPOOL_MODES: tuple[str, ...] = ("switch", "blind")
+UNPOOL_MODES: tuple[str, ...] = get_args(UnpoolMode)
 
 
 class EncoderState(NamedTuple):
@@ -62,14 +68,15 @@ class EncoderBlock(nn.Module):
         self.relu = relu
 
     def encode(self, x: Tensor) -> tuple[Tensor, EncoderState]:
-        h = self.conv(x)
+        """``(B, C_in, H, W) -> (B, C_out, H', W')`` (H', W' after pooling) and the state."""
+        h = self.conv(x)  # (B, C_out, H, W) with same padding
         conv_hw = (h.shape[-2], h.shape[-1])
         switches = None
         if self.pool is not None:
             if self.return_switches:
-                h, switches = self.pool(h)
+                h, switches = self.pool(h)  # both (B, C_out, H', W')
             else:
-                h = self.pool(h)
+                h = self.pool(h)  # (B, C_out, H', W')
         if self.relu:
             # Pool then ReLU equals ReLU then pool (both monotone) and touches 4x fewer values.
             h = F.relu(h)
@@ -88,6 +95,7 @@ class DecoderBlock(nn.Module):
         relu: Apply a ReLU to the input first (thesis 5.2's "decoder ReLU").
         conv_mode: See :class:`~convae_lightning.nn.conv.DecoderConv2d`.
         impl: How the decoder convolution is computed.
+        sync_bias: Bias of a ``transpose_sync`` decoder convolution (``zero`` or ``trained``).
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class DecoderBlock(nn.Module):
         relu: bool = True,
         conv_mode: DecoderConvMode = "free",
         impl: DecoderImpl = "conv_transpose",
+        sync_bias: SyncBias = "zero",
     ) -> None:
         super().__init__()
         if unpool not in UNPOOL_MODES:
@@ -108,19 +117,20 @@ class DecoderBlock(nn.Module):
         if spec.pool != "none":
             cls = SwitchUnpool2d if unpool == "switch" else BlindUpsample2d
             self.unpool = cls(spec.pool_size, spec.pool_stride)
-        self.conv = DecoderConv2d(encoder.conv, mode=conv_mode, impl=impl)
+        self.conv = DecoderConv2d(encoder.conv, mode=conv_mode, impl=impl, sync_bias=sync_bias)
 
     @property
     def needs_switches(self) -> bool:
         return isinstance(self.unpool, SwitchUnpool2d)
 
     def forward(self, z: Tensor, state: EncoderState) -> Tensor:
+        """``(B, C_out, H', W') -> (B, C_in, H, W)``: the encoder block's input shape."""
         if self.relu:
             z = F.relu(z)
         if isinstance(self.unpool, SwitchUnpool2d):
-            z = self.unpool(z, state.switches, state.conv_hw)
+            z = self.unpool(z, state.switches, state.conv_hw)  # (B, C_out, H, W)
         elif self.unpool is not None:
-            z = self.unpool(z, state.conv_hw)
+            z = self.unpool(z, state.conv_hw)  # (B, C_out, H, W)
         return self.conv(z)
 
 

@@ -1,4 +1,4 @@
-;;; Helpers that convae_lightning.data.synth loads into every `festival -b` batch script.
+;;; Helpers that convae_lightning.synth.engine loads into every `festival -b` batch script.
 ;;;
 ;;; One batch synthesises many utterances in one Festival process (its start-up and voice
 ;;; loading cost more than a sentence). `SayText` is avoided: it tries to play audio.
