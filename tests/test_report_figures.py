@@ -9,7 +9,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from model_helpers import tiny_trainer
 
+from convae_lightning.callbacks.reconstruction import ReconstructionLogger, reconstruction_rows
 from convae_lightning.data import TimitDataModule
 from convae_lightning.data.features import FeatureConfig
 from convae_lightning.models import StackedAutoencoder
@@ -24,19 +27,34 @@ SMALL = {"conv_channels": (4, 4, 8, 16)}
 
 
 @pytest.fixture(scope="module")
-def patches(tmp_path_factory) -> dict:
-    """Real validation patches of the embedded corpus and a 2-unit autoencoder's output."""
-    dm = TimitDataModule(cache_dir=str(tmp_path_factory.mktemp("embedded_cache")),
-                         train_per_class=2, eval_per_class=1, progress=False)  # fmt: skip
+def datamodule(tmp_path_factory) -> TimitDataModule:
+    """The embedded corpus, tiny epochs."""
+    dm = TimitDataModule(
+        cache_dir=str(tmp_path_factory.mktemp("embedded_cache")),
+        train_per_class=2,
+        eval_per_class=1,
+        batch_size=32,
+        progress=False,
+    )
     dm.prepare_data()
     dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def patches(datamodule) -> dict:
+    """Real validation patches of the embedded corpus and a 2-unit autoencoder's output."""
+    dm = datamodule
     x, labels = dm.example_batch(3, seed=0)
     torch.manual_seed(0)
-    model = StackedAutoencoder(dm.input_shape, num_units=2, initial_units=2, **SMALL).eval()
-    rows = {"input": x, "reconstruction": model.reconstruct(x),
-            "switch only": model.reconstruct(x, zero_code=True)}  # fmt: skip
-    return {"rows": rows, "labels": labels, "features": dm.features,
-            "mean": dm.mean_spectrogram}  # fmt: skip
+    model = StackedAutoencoder(input_shape=dm.input_shape, num_units=2, initial_units=2, **SMALL)
+    model.eval()
+    rows = {
+        "input": x,
+        "reconstruction": model.reconstruct(x),
+        "switch only": model.reconstruct(x, zero_code=True),
+    }
+    return {"rows": rows, "labels": labels, "features": dm.features, "mean": dm.mean_spectrogram}
 
 
 def images_of(figure) -> list:
@@ -47,8 +65,9 @@ def images_of(figure) -> list:
 def test_spectrograms_have_axes_in_ms_and_hz_colour_bars_and_errors(patches, tmp_path):
     rows, labels, features = patches["rows"], patches["labels"], patches["features"]
     titles = [f"/{label}/" for label in labels]
-    figure = spectrogram_figure(rows, titles, "epoch 3", features=features, mean=patches["mean"],
-                                units=2)  # fmt: skip
+    figure = spectrogram_figure(
+        rows, titles, "epoch 3", features=features, mean=patches["mean"], units=2
+    )
     panels = images_of(figure)
     assert len(panels) == 3 * 6  # 3 examples x (3 kinds x real part, log magnitude)
     colour_bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
@@ -72,8 +91,9 @@ def test_spectrograms_have_axes_in_ms_and_hz_colour_bars_and_errors(patches, tmp
 
 
 def test_spectrogram_png_is_not_mostly_white(patches, tmp_path):
-    figure = spectrogram_figure(patches["rows"], patches["labels"], features=patches["features"],
-                                mean=patches["mean"])  # fmt: skip
+    figure = spectrogram_figure(
+        patches["rows"], patches["labels"], features=patches["features"], mean=patches["mean"]
+    )
     pixels = matplotlib.image.imread(save_png(figure, tmp_path / "spec.png"))[..., :3]
     near_white = (pixels > 0.95).all(axis=2).mean()
     assert near_white < 0.5, f"{near_white:.0%} of the figure is white"
@@ -81,9 +101,12 @@ def test_spectrogram_png_is_not_mostly_white(patches, tmp_path):
 
 @pytest.mark.parametrize(
     ("representation", "channels", "bins", "y_label", "panels"),
-    [("magnitude_phase", 2, 201, "frequency (Hz)", 4), ("log_mel", 1, 40, "mel band", 4),
-     ("mfcc", 1, 13, "coefficient", 2)],
-)  # fmt: skip
+    [
+        ("magnitude_phase", 2, 201, "frequency (Hz)", 4),
+        ("log_mel", 1, 40, "mel band", 4),
+        ("mfcc", 1, 13, "coefficient", 2),
+    ],
+)
 def test_other_representations(representation, channels, bins, y_label, panels):
     features = FeatureConfig(representation=representation)
     rng = np.random.default_rng(0)
@@ -97,10 +120,12 @@ def test_other_representations(representation, channels, bins, y_label, panels):
 
 def test_learning_curves_share_axes_across_conditions(tmp_path):
     curves = {
-        "unpool=switch": [{"train/euclid": [(0, 3.0), (1, 2.0)], "val/euclid_balanced": [(0, 3.5)]},
-                          {"train/euclid": [(0, 3.2), (1, 2.1)], "val/euclid_balanced": []}],
+        "unpool=switch": [
+            {"train/euclid": [(0, 3.0), (1, 2.0)], "val/euclid_balanced": [(0, 3.5)]},
+            {"train/euclid": [(0, 3.2), (1, 2.1)], "val/euclid_balanced": []},
+        ],
         "unpool=blind": [{"train/euclid": [(0, 5.0), (1, 4.5)], "val/euclid_balanced": [(0, 5.5)]}],
-    }  # fmt: skip
+    }
     figure = learning_curves_figure(curves, ["train/euclid", "val/euclid_balanced"])
     train, val = figure.axes
     assert train.get_shared_y_axes().joined(train, val)
@@ -124,3 +149,30 @@ def test_study_figures_or_the_reason_they_cannot_be_drawn():
     assert all(not isinstance(f, str) for f in figures.values())
     history = figures["optimization_history"].axes[0]
     assert history.get_ylabel() == "val/euclid_balanced"
+
+
+def test_reconstruction_logger_draws_this_figure(datamodule, tmp_path):
+    """The logger's image is :func:`spectrogram_figure` of its rows, with the data's time and
+    frequency axes, the training mean for the log view and the model's depth: drawn again here
+    from the fitted model (whose weights the logging epoch ended with), it is the same PNG."""
+    torch.manual_seed(0)
+    model = StackedAutoencoder(input_shape=datamodule.input_shape, num_units=2, **SMALL)
+    csv = CSVLogger(tmp_path, name="run")
+    logger = ReconstructionLogger(every_n_epochs=1, num_examples=2, audio=False)
+    tiny_trainer(tmp_path, callbacks=[logger], logger=csv).fit(model, datamodule)
+    logged = Path(csv.log_dir) / "reconstructions" / "epoch=0.png"
+    x, labels = datamodule.example_batch(2, seed=0)
+    rows = reconstruction_rows(model.eval(), x, zero_code=True)
+    assert list(rows) == ["input", "reconstruction", "code zeroed"]
+    figure = spectrogram_figure(
+        rows,
+        [f"/{label}/" for label in labels],
+        "epoch 0",
+        features=datamodule.features,
+        mean=datamodule.mean_spectrogram,
+        units=1,
+    )
+    assert logged.read_bytes() == save_png(figure, tmp_path / "again.png").read_bytes()
+    pixels = matplotlib.image.imread(logged)[..., :3]
+    assert pixels.shape[1] > 2 * pixels.shape[0]  # two examples: 6 panels wide, 2 high
+    assert (pixels > 0.95).all(axis=2).mean() < 0.5
