@@ -55,6 +55,19 @@ def convae(
     )  # fmt: skip
 
 
+#: A weakly stacked 2-unit autoencoder, one epoch per unit: results at depths 1 and 2.
+STACK_FIT_ARGS = [
+    "fit", "--config", str(REPO / "conf" / "weak_stack.yaml"), *TINY,
+    "--trainer.max_epochs", "2",
+    "--model.init_args.num_units", "2",
+    "--trainer.callbacks",
+    "[{class_path: convae_lightning.callbacks.StackGrowth, init_args: {max_epochs_per_unit: 1}},"
+    " {class_path: convae_lightning.callbacks.TiedTransposeSync}]",
+    "--trainer.logger",
+    "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs}}]",
+]  # fmt: skip
+
+
 def python(argv: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
     """This interpreter in a subprocess, seeing this checkout's package, without W&B settings."""
     environment = {**cli_env(cache), **env}

@@ -21,8 +21,10 @@ from report_helpers import (
     FINISHED,
     OBJECTIVE,
     REFERENCE_MD,
+    STACK_FIT_ARGS,
     STUDY,
     build_tiny_study,
+    convae,
     report_cli,
 )
 
@@ -185,6 +187,32 @@ def test_run_globs_without_a_study(study_folder, cli_cache, tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| missing | metrics.csv missing |" in markdown
     assert "Optuna" not in markdown
+
+
+def test_units_columns_of_a_real_stacked_run_with_the_thesis_beside(cli_cache, tmp_path):
+    """Table 4's layout: one column group per depth a stacked run reached."""
+    fit = convae(STACK_FIT_ARGS, tmp_path, cli_cache)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (tmp_path / "table4.csv").write_text(
+        "units,val/euclid_balanced:best,epochs\n1,0.73,50\n2,1.52,17†\n"
+    )
+    args = ["runs/weak_stack/version_0", "--cols", "units", "--reference", "table4.csv",
+            "--fields", "val/euclid_balanced:best", "epochs", "--out", "report"]  # fmt: skip
+    proc = report_cli(args, tmp_path, cli_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_csv(tmp_path / "runs/weak_stack/version_0/metrics.csv")
+    depth_of = {r["epoch"]: r["stack/active_units"] for r in metrics if r["stack/active_units"]}
+    assert sorted(depth_of.values()) == ["1.0", "2.0"]  # one epoch at each depth
+    ours = {(r["units"], r["field"]): r for r in read_csv(tmp_path / "report/table.csv")}
+    for row in metrics:
+        if row["val/euclid_balanced"]:
+            units = depth_of[row["epoch"]][0]
+            cell = ours[(units, "val/euclid_balanced:best")]
+            assert float(cell["mean"]) == pytest.approx(float(row["val/euclid_balanced"]))
+            assert float(ours[(units, "epochs")]["mean"]) == 1
+    assert ours[("2", "epochs")]["reference"] == "17†"
+    header = comparison_rows((tmp_path / "report/report.md").read_text())[0]
+    assert header == "| units = 1 | units = 2 |"
 
 
 # ------------------------------------------------------------------------ headless browser

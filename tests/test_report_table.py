@@ -172,31 +172,22 @@ def test_default_rows_are_the_keys_that_vary_beyond_the_config_name(tmp_path):
 
 
 def stacked_runs(root: Path) -> list[Path]:
-    """Two stacked runs (per-depth keys; logged depths only) and 1- and 2-unit regular runs."""
+    """Two stacked runs and 1- and 2-unit regular runs.
+
+    ``weak_stack/version_0`` has only StackGrowth's per-depth records (logged without an epoch,
+    as StackGrowth writes them); ``version_1`` logs its depth every epoch, as the model does.
+    """
     kwargs = {"class_path": "convae_lightning.models.StackedAutoencoder"}
-    unit_keys = epochs_of(
-        [5.0, 4.0, 3.0, 2.5],
-        **{
-            "val_unit1/euclid_balanced": [5.0, 4.0, None, None],
-            "val_unit2/euclid_balanced": [None, None, 3.0, 2.5],
-            "stack/active_units": [1, 1, 2, 2],
-        },
-    )
-    depths_only = epochs_of([6.0, 5.5, 5.0, 4.0, 3.0], **{"stack/active_units": [1, 1, 1, 2, 2]})
+    unit_records = [
+        *epochs_of([5.0, 4.0, 3.0, 2.5]),
+        {"step": 2, "val_unit1/euclid_balanced": 4.0, "val_unit1/epochs": 2},
+        {"step": 4, "val_unit2/euclid_balanced": 2.5, "val_unit2/epochs": 2},
+    ]
+    depths = epochs_of([6.0, 5.0, 5.5, 4.0, 4.5], **{"stack/active_units": [1, 1, 1, 2, 2]})
+    stack = {"num_units": 2, "mode": "weak"}
     return [
-        write_run(
-            root / "runs/weak_stack/version_0",
-            {"num_units": 2, "mode": "weak"},
-            unit_keys,
-            **kwargs,
-        ),
-        write_run(
-            root / "runs/weak_stack/version_1",
-            {"num_units": 2, "mode": "weak"},
-            depths_only,
-            seed=1,
-            **kwargs,
-        ),
+        write_run(root / "runs/weak_stack/version_0", stack, unit_records, **kwargs),
+        write_run(root / "runs/weak_stack/version_1", stack, depths, seed=1, **kwargs),
         write_run(root / "runs/regular_ae/version_0", {"num_units": 1}, epochs_of([2.0, 1.0])),
         write_run(root / "runs/regular_ae/version_1", {"num_units": 2}, epochs_of([3.0, 2.0, 1.5])),
     ]
@@ -208,12 +199,14 @@ def test_units_column_reads_each_depth_of_stacked_runs(tmp_path):
     table = build_table(None, collect(runs)[1], rows=["config"], cols=["units"], fields=fields)
     assert table.cols == [("1",), ("2",)]
     weak = '"weak_stack"'
-    one, two = (table.cells[((weak,), (d,))] for d in ("1", "2"))
-    assert one.stats["val/euclid_balanced:best"].values == [4.0, 5.0]  # unit key; logged depth
-    assert one.stats["val/euclid_balanced:final"].values == [4.0, 5.0]
-    assert one.stats["epochs"].values == [2.0, 3.0]
-    assert two.stats["val/euclid_balanced:best"].values == [2.5, 3.0]
-    assert two.stats["epochs"].values == [2.0, 2.0]
+    one, two = (table.cells[((weak,), (d,))].stats for d in ("1", "2"))
+    # version_0: the depth's best-epoch record; version_1: its epochs at that depth
+    assert one["val/euclid_balanced:best"].values == [4.0, 5.0]
+    assert one["val/euclid_balanced:final"].values == [4.0, 5.5]
+    assert one["epochs"].values == [2.0, 3.0]
+    assert two["val/euclid_balanced:best"].values == [2.5, 4.0]
+    assert two["val/euclid_balanced:final"].values == [2.5, 4.5]
+    assert two["epochs"].values == [2.0, 2.0]
     regular = '"regular_ae"'
     assert table.cells[((regular,), ("1",))].stats["val/euclid_balanced:best"].values == [1.0]
     assert table.cells[((regular,), ("2",))].stats["epochs"].values == [3.0]

@@ -40,6 +40,8 @@ BOOKKEEPING_KEYS: tuple[str, ...] = (
     "last_checkpoint.dirpath",
     "run_dir",
 )
+#: Per-depth records of StackGrowth (``val_unit{k}/epochs``) that are counts, not metrics.
+UNIT_RECORDS: tuple[str, ...] = ("epochs", "best_epoch")
 #: Metric names tried, in order, when neither ``--metrics`` nor a study's objective names one.
 PREFERRED_METRICS: tuple[str, ...] = ("euclid", "acc48", "loss")
 
@@ -200,7 +202,7 @@ def _logged_names(views: Sequence[RunView]) -> set[str]:
                 stage, name, _ = parse_metric_key(key)
             except ValueError:
                 continue
-            if stage.split("_unit")[0] in STAGES:
+            if stage.split("_unit")[0] in STAGES and name not in UNIT_RECORDS:
                 names.add(name)
     return names
 

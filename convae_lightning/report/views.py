@@ -1,10 +1,11 @@
 """Reading one run at one depth: metric series, best and final values, epochs, condition keys.
 
-A stacked autoencoder's run holds results for every depth it reached: per-depth keys
-``{stage}_unit{k}/...`` (:func:`~convae_lightning.runs.unit_stage`) where the model logs them, and
-otherwise its ordinary keys restricted to the epochs trained at depth ``k`` (read from the
-``stack/active_units`` metric). A :class:`RunView` is a run seen at one depth (or as a whole), so
-a table can put depth (``units``) on an axis like the thesis's Table 4.
+A stacked autoencoder's run holds results for every depth it reached: its ordinary keys over the
+epochs trained at depth ``k`` (the model logs its depth, ``stack/active_units``, every epoch), and
+StackGrowth's record of each depth's best epoch, ``{stage}_unit{k}/...``
+(:func:`~convae_lightning.runs.unit_stage`), used where the depths per epoch are not logged. A
+:class:`RunView` is a run seen at one depth (or as a whole), so a table can put depth (``units``)
+on an axis like the thesis's Table 4.
 """
 
 from __future__ import annotations
@@ -123,21 +124,23 @@ class RunView:
         return None
 
     def series(self, key: str) -> list[tuple[int, float]]:
-        """``(epoch, value)`` of ``key`` at this view's depth."""
+        """``(epoch, value)`` of ``key`` at this view's depth.
+
+        At a depth, the run's own series over the epochs trained at that depth when the run
+        logged its depth per epoch (best and final both exist there); otherwise StackGrowth's
+        ``{stage}_unit{k}/...`` record of the depth's best epoch.
+        """
         record = self.entry.record
-        stage, _, rest = key.partition("/")
-        if self.depth is not None and "_unit" not in stage:
-            per_depth = self.resolve(f"{unit_stage(stage, self.depth)}/{rest}")
-            if per_depth is not None:
-                return record.series(per_depth)
         resolved = self.resolve(key)
-        if resolved is None:
-            return []
-        values = record.series(resolved)
+        values = record.series(resolved) if resolved is not None else []
         if self.depth is None:
             return values
         if self._epoch_depth:
             return [(e, v) for e, v in values if self._epoch_depth.get(e) == self.depth]
+        stage, _, rest = key.partition("/")
+        per_depth = self.resolve(f"{unit_stage(stage, self.depth)}/{rest}")
+        if per_depth is not None and "_unit" not in stage:
+            return record.series(per_depth)
         return values if self.depth == final_depth(self.entry) else []
 
     def value(self, item: Field) -> float | None:
@@ -156,13 +159,18 @@ class RunView:
 
     @property
     def epochs(self) -> float | None:
-        """Epochs trained (at this depth: epochs spent with this many active units)."""
+        """Epochs trained (at a depth: epochs spent with this many active units, the thesis's
+        ``n``, from the logged depths or StackGrowth's ``val_unit{k}/epochs``)."""
         record = self.entry.record
-        if self.depth is None or not self._epoch_depth:
-            if self.depth is not None and self.depth != final_depth(self.entry):
+        if self.depth is not None and self._epoch_depth:
+            return float(sum(1 for d in self._epoch_depth.values() if d == self.depth))
+        if self.depth is not None:
+            logged = record.final(f"{unit_stage('val', self.depth)}/epochs")
+            if logged is not None:
+                return logged
+            if self.depth != final_depth(self.entry):
                 return None
-            return float(record.epochs_trained) if record.rows else None
-        return float(sum(1 for d in self._epoch_depth.values() if d == self.depth))
+        return float(record.epochs_trained) if record.rows else None
 
     @property
     def wall_time_s(self) -> float | None:
