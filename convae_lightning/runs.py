@@ -9,6 +9,8 @@ trials are ``runs/<study>/trial_<n>/``) holding::
     status.json        running / finished / failed / interrupted, start time and wall time
     checkpoints/       last.ckpt, the best checkpoint, unit{k}.ckpt for stacked runs
     reconstructions/   ReconstructionLogger images (PNG) and audio (WAV)
+    {stage}_metrics.csv  `convae validate|test` from one of the run's checkpoints (appended)
+    {stage}_config.yaml  the resolved config of that `convae validate|test|predict`
     predictions.npz    `convae predict`
     wandb/             the offline W&B run
 
@@ -39,12 +41,16 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "best_key",
+    "checkpoint_run_dir",
+    "claim_version_dir",
     "find_runs",
     "flatten_config",
+    "latest_checkpoint",
     "latest_run",
     "metric_key",
     "next_version_dir",
     "parse_metric_key",
+    "pid_alive",
     "read_status",
     "unit_stage",
     "write_status",
@@ -57,6 +63,8 @@ STAGES: tuple[str, ...] = ("train", "val", "test")
 EVAL_VIEWS: tuple[str, ...] = ("balanced", "natural")
 #: File recording a run's state (written by the CLI, read by sweeps and reports).
 STATUS_FILE = "status.json"
+#: Stages that evaluate a checkpoint into its run folder, each in its own ``{stage}_metrics.csv``.
+EVAL_STAGES: tuple[str, ...] = ("validate", "test")
 
 RunStatus = Literal["running", "finished", "failed", "interrupted", "unknown"]
 
@@ -111,6 +119,41 @@ def latest_run(root: str | os.PathLike, name: str, prefix: str = "version") -> P
     folder = Path(root) / name
     found = [(_version_number(p.name, prefix), p) for p in folder.glob(f"{prefix}_*")]
     found = [(n, p) for n, p in found if n is not None and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def claim_version_dir(root: str | os.PathLike, name: str, prefix: str = "version") -> Path:
+    """Create and return the next free ``root/name/{prefix}_N``.
+
+    ``mkdir`` fails when the folder exists, so two runs of one config started at once get two
+    folders (each takes the next number when it loses the race).
+    """
+    while True:
+        folder = next_version_dir(root, name, prefix)
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+
+
+def checkpoint_run_dir(checkpoint: str | os.PathLike) -> Path | None:
+    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or ``None``."""
+    path = Path(checkpoint)
+    folder = path.parent.parent
+    return folder if path.parent.name == "checkpoints" and _is_run_dir(folder) else None
+
+
+def latest_checkpoint(
+    root: str | os.PathLike, name: str, filename: str = "last.ckpt", prefix: str = "version"
+) -> Path | None:
+    """``checkpoints/<filename>`` of the highest-numbered ``root/name/{prefix}_N`` holding one."""
+    folder = Path(root) / name
+    found = []
+    for run in folder.glob(f"{prefix}_*"):
+        number = _version_number(run.name, prefix)
+        if number is not None and (run / "checkpoints" / filename).is_file():
+            found.append((number, run / "checkpoints" / filename))
     return max(found)[1] if found else None
 
 
@@ -211,13 +254,16 @@ class RunRecord:
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, float]] = field(default_factory=list)
+    #: ``validate``/``test`` rows from ``{stage}_metrics.csv``, each with its ``checkpoint``.
+    evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     checkpoints: dict[str, CheckpointInfo] = field(default_factory=dict)
     status_record: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, read_checkpoints: bool = True) -> RunRecord:
-        """Read ``config.yaml``, ``metrics.csv``, ``status.json`` and the checkpoints' metadata."""
+        """Read ``config.yaml``, ``metrics.csv`` (and ``{stage}_metrics.csv``), ``status.json``
+        and the checkpoints' metadata."""
         path = Path(run_dir)
         record = cls(path=path)
         if not path.is_dir():
@@ -225,6 +271,11 @@ class RunRecord:
             return record
         record.config = _read_yaml(path / "config.yaml", record.problems)
         record.rows = _read_metrics(path / "metrics.csv", record.problems)
+        for stage in EVAL_STAGES:
+            file = path / f"{stage}_metrics.csv"
+            if file.is_file():
+                rows = _read_metrics(file, record.problems, ("checkpoint",))
+                record.evaluations[stage] = rows
         record.status_record = read_status(path) or {}
         if read_checkpoints:
             for ckpt in sorted((path / "checkpoints").glob("*.ckpt")):
@@ -252,7 +303,7 @@ class RunRecord:
         """
         status = self.status_record.get("status", "unknown")
         pid, host = self.status_record.get("pid"), self.status_record.get("host")
-        if status == "running" and pid and host == os.uname().nodename and not _alive(int(pid)):
+        if status == "running" and pid and host == os.uname().nodename and not pid_alive(int(pid)):
             return "interrupted"
         return status
 
@@ -299,6 +350,15 @@ class RunRecord:
             return None
         return min(values) if mode == "min" else max(values)
 
+    def evaluation(self, stage: str = "test", checkpoint: str | None = None) -> dict[str, Any]:
+        """The latest ``convae validate|test`` results of the run (of ``checkpoint``, by file
+        name or stem, when given): ``{"test/acc48_balanced": ..., "checkpoint": "last.ckpt"}``;
+        empty when there are none."""
+        rows = self.evaluations.get(stage, [])
+        if checkpoint is not None:
+            rows = [r for r in rows if checkpoint in (r.get("checkpoint"), _stem(r))]
+        return dict(rows[-1]) if rows else {}
+
     @property
     def epochs_trained(self) -> int:
         """Training epochs completed (from metrics.csv; 0 when none were logged)."""
@@ -310,7 +370,13 @@ class RunRecord:
         yield from sorted((self.path / folder).glob("*.png"), key=lambda p: p.stat().st_mtime)
 
 
-def _alive(pid: int) -> bool:
+def _stem(row: Mapping[str, Any]) -> str | None:
+    name = row.get("checkpoint")
+    return Path(name).stem if isinstance(name, str) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -334,17 +400,23 @@ def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _read_metrics(path: Path, problems: list[str]) -> list[dict[str, float]]:
+def _read_metrics(
+    path: Path, problems: list[str], text_columns: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Rows of a metrics CSV as floats (``text_columns`` kept as strings); blanks left out."""
     if not path.is_file():
         problems.append(f"{path.name} missing")
         return []
-    rows: list[dict[str, float]] = []
+    rows: list[dict[str, Any]] = []
     try:
         with open(path, newline="") as fh:
             for raw in csv.DictReader(fh):
-                row = {}
+                row: dict[str, Any] = {}
                 for key, text in raw.items():
                     if key is None or text in (None, ""):
+                        continue
+                    if key in text_columns:
+                        row[key] = text
                         continue
                     try:
                         row[key] = float(text)

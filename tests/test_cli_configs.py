@@ -2,52 +2,39 @@
 
 Every run config of ``conf/`` is fitted for one or two tiny epochs on the embedded corpus in a
 fresh working directory, with ``WANDB_MODE`` absent: the run must land in
-``runs/<config stem>/version_0/`` with its checkpoint, resolved config, CSV metrics and an
-*offline* W&B run. The callback presets of ``callbacks/`` are composed onto run configs with
-``--trainer.callbacks+=callbacks/<preset>.yaml``.
+``runs/<config stem>/version_0/`` with its checkpoint, resolved config, CSV metrics, status and
+an *offline* W&B run. Then each config's run is resumed (``fit --ckpt_path last``), validated,
+tested and predicted from its own checkpoints, all in that same folder. The callback presets of
+``callbacks/`` are composed onto run configs with ``--trainer.callbacks+=callbacks/<preset>.yaml``.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
+import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, cli_env
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-PRESETS = REPO / "callbacks"
-BIN = Path(sys.executable).parent
-
-#: Every run config of conf/ (thesis_size*.yaml are overlays, not run configs).
-RUN_CONFIGS = (
-    "forward",
-    "regular_ae",
-    "strong_stack",
-    "weak_stack",
-    "inversion",
-    "fixed_classifier",
-    "pretrained_classifier",
-    "baseline_untrained",
+from cli_helpers import (
+    CONF,
+    NEEDS_AUTOENCODER,
+    PRESETS,
+    RUN_CONFIGS,
+    STACK_CALLBACKS,
+    STACKS,
+    Run,
+    load_checkpoint,
+    read_metrics,
+    run_cli,
 )
-STACKS = ("strong_stack", "weak_stack")
-NEEDS_AUTOENCODER = ("fixed_classifier", "pretrained_classifier")
-PRESET_NAMES = (
-    "tied_transpose_sync",
-    "layer_freezing",
-    "stack_growth",
-    "reconstruction_logger",
-    "early_stopping",
-)
+from conftest import TINY
+
+#: Every test here reads real console-script runs (minutes together on 2 cores).
+pytestmark = pytest.mark.slow
 
 #: The order of the presets in the real run: StackGrowth last, for the nested override after it.
 REAL_RUN_PRESETS = (
@@ -61,14 +48,7 @@ REAL_RUN_PRESETS = (
 #: Stacked configs: two epochs, one unit per epoch, so the stack grows during the run (the
 #: command-line list replaces the config's callbacks; same-class entries keep their other
 #: init_args, hence every_n_epochs is given explicitly).
-STACK_OVERRIDES = [
-    "--trainer.max_epochs", "2",
-    "--trainer.callbacks",
-    "[{class_path: convae_lightning.callbacks.StackGrowth, init_args: {max_epochs_per_unit: 1}},"
-    " {class_path: convae_lightning.callbacks.TiedTransposeSync},"
-    " {class_path: convae_lightning.callbacks.ReconstructionLogger,"
-    "  init_args: {every_n_epochs: 1, num_examples: 2}}]",
-]  # fmt: skip
+STACK_OVERRIDES = ["--trainer.max_epochs", "2", *STACK_CALLBACKS]
 
 
 #: The forward network on two CPU processes under DDP, one full epoch of small batches.
@@ -78,39 +58,6 @@ DDP_ARGS = [
     "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
     "--data.train_per_class", "5", "--data.eval_per_class", "3", "--data.batch_size", "8",
 ]  # fmt: skip
-
-
-@dataclass
-class Run:
-    """A finished CLI subprocess and where it ran."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    cwd: Path
-    name: str
-
-    @property
-    def run_dir(self) -> Path:
-        return self.cwd / "runs" / self.name / "version_0"
-
-    def explain(self) -> str:
-        return f"exit code {self.returncode}\n--- stderr (tail) ---\n{self.stderr[-4000:]}"
-
-
-def run_cli(
-    command: str, args: list[str], cwd: Path, cache: Path, name: str, timeout: float = 300
-) -> Run:
-    cwd.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [str(BIN / command), *args],
-        cwd=cwd,
-        env=cli_env(cache),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr, cwd, name)
 
 
 def fit_args(name: str, checkpoint: Path | None = None) -> list[str]:
@@ -164,15 +111,6 @@ def runs(tmp_path_factory, cli_cache) -> dict[str, Run]:
     return results
 
 
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def config_class_path(name: str) -> str:
     return yaml.safe_load((CONF / f"{name}.yaml").read_text())["model"]["class_path"]
 
@@ -203,6 +141,10 @@ def test_fit_writes_a_complete_run(runs, name):
     rows = read_metrics(run_dir / "metrics.csv")
     val_keys = [k for row in rows for k, v in row.items() if k.startswith("val/") and v != ""]
     assert val_keys, f"no validation metric in {run_dir / 'metrics.csv'}"
+    monitor = config["checkpoint"]["monitor"]
+    assert any(row.get(f"{monitor}_best") for row in rows), f"{monitor}_best is not logged"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and status["wall_time_s"] > 0, status
 
     # W&B ran offline (no WANDB_MODE in the environment), inside the run directory.
     offline = list((run_dir / "wandb").glob("offline-run-*"))
@@ -330,105 +272,6 @@ def test_ddp_run_writes_one_run_directory(runs):
     assert sorted(p.name for p in (run.cwd / "runs" / "forward").iterdir()) == ["version_0"]
 
 
-# ------------------------------------------------------------------------------ --print_config
-def test_print_config_shows_presets_appended(tmp_path, cli_cache):
-    args = ["fit", "--config", str(CONF / "weak_stack.yaml")]
-    args += [
-        f"--trainer.callbacks+={PRESETS / p}.yaml" for p in PRESET_NAMES if p != "stack_growth"
-    ]
-    args.append("--print_config")
-    run = run_cli("lightning", args, tmp_path, cli_cache, "weak_stack", timeout=120)
-    assert run.returncode == 0, run.explain()
-    config = yaml.safe_load(run.stdout)
-    assert config["model"]["class_path"] == "convae_lightning.models.StackedAutoencoder"
-    own = [cb["class_path"] for cb in yaml.safe_load((CONF / "weak_stack.yaml").read_text())
-           ["trainer"]["callbacks"]]  # fmt: skip
-    appended = [yaml.safe_load((PRESETS / f"{p}.yaml").read_text())["class_path"]
-                for p in PRESET_NAMES if p != "stack_growth"]  # fmt: skip
-    assert [cb["class_path"] for cb in config["trainer"]["callbacks"]] == own + appended
-    freezing = config["trainer"]["callbacks"][len(own) + 1]
-    assert freezing["init_args"]["freeze"] == ["encoder.0.conv.weight"]
-    assert not (tmp_path / "runs").exists(), "--print_config must not start a run"
-
-
-# --------------------------------------------------------------------------------- presets
-@pytest.mark.parametrize("preset", PRESET_NAMES)
-def test_preset_is_one_callback(preset):
-    """Each preset is a single ``class_path``/``init_args`` mapping that builds its callback."""
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch.callbacks import Callback
-
-    path = PRESETS / f"{preset}.yaml"
-    spec = yaml.safe_load(path.read_text())
-    assert isinstance(spec, dict)
-    assert set(spec) <= {"class_path", "init_args"}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--callback", type=Callback, enable_path=True)
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    callback = instantiate(parser.parse_args(["--callback", str(path)])).callback
-    module, _, name = spec["class_path"].rpartition(".")
-    assert type(callback) is getattr(importlib.import_module(module), name)
-    for key, value in (spec.get("init_args") or {}).items():
-        assert getattr(callback, key) == value, key
-
-
-@pytest.mark.parametrize("name", RUN_CONFIGS)
-def test_every_preset_composes_with_every_config(name, capsys):
-    from convae_lightning.cli import ConvaeCLI
-
-    args = ["fit", "--config", str(CONF / f"{name}.yaml")]
-    args += [f"--trainer.callbacks+={PRESETS / p}.yaml" for p in PRESET_NAMES]
-    with pytest.raises(SystemExit) as exit_info:
-        ConvaeCLI(args=[*args, "--print_config"])
-    assert exit_info.value.code in (0, None)
-    config = yaml.safe_load(capsys.readouterr().out)
-    own = yaml.safe_load((CONF / f"{name}.yaml").read_text())["trainer"].get("callbacks") or []
-    paths = [cb["class_path"] for cb in config["trainer"]["callbacks"]]
-    assert paths[: len(own)] == [cb["class_path"] for cb in own]
-    assert paths[len(own) :] == [
-        yaml.safe_load((PRESETS / f"{p}.yaml").read_text())["class_path"] for p in PRESET_NAMES
-    ]
-
-
-def print_config(capsys, *configs: str) -> dict:
-    """The resolved config of ``fit --config A --config B ... --print_config`` (in-process)."""
-    from convae_lightning.cli import ConvaeCLI
-
-    args = ["fit"]
-    for name in configs:
-        args += ["--config", str(CONF / f"{name}.yaml")]
-    with pytest.raises(SystemExit) as exit_info:
-        ConvaeCLI(args=[*args, "--print_config"])
-    assert exit_info.value.code in (0, None)
-    return yaml.safe_load(capsys.readouterr().out)
-
-
-@pytest.mark.parametrize("name", RUN_CONFIGS)
-def test_thesis_size_overlay_sizes_the_data(name, capsys):
-    config = print_config(capsys, name, "thesis_size")
-    data = config["data"]
-    assert (data["train_per_class"], data["eval_per_class"], data["batch_size"]) == (500, 200, 100)
-    assert config["model"]["class_path"] == config_class_path(name)
-
-
-@pytest.mark.parametrize("name", STACKS)
-def test_thesis_size_overlay_allows_50_epochs_per_unit(name, capsys):
-    """thesis_size_stack.yaml restates the stacks' callbacks with up to 50 epochs per unit."""
-    config = print_config(capsys, name, "thesis_size_stack")
-    growth = next(cb for cb in config["trainer"]["callbacks"]
-                  if cb["class_path"].endswith("StackGrowth"))  # fmt: skip
-    cap = growth["init_args"]["max_epochs_per_unit"]
-    assert cap is None or cap >= 50, f"max_epochs_per_unit={cap}"
-    assert config["trainer"]["max_epochs"] >= 4 * 50
-
-
-@pytest.mark.parametrize("name", [n for n in RUN_CONFIGS if n not in STACKS])
-def test_thesis_size_overlay_caps_single_runs_at_50_epochs(name, capsys):
-    """The thesis (Appendix A, 5.1) capped training at the fiftieth epoch."""
-    config = print_config(capsys, name, "thesis_size")
-    assert config["trainer"]["max_epochs"] <= 50
-
-
 def test_presets_in_a_real_run(runs):
     """All five presets appended to regular_ae.yaml (as a weakly stacked autoencoder)."""
     run = runs["presets"]
@@ -480,3 +323,132 @@ def test_two_runs_in_one_process_get_their_own_offline_wandb_run(tmp_path, monke
         assert len(offline) == 1, offline
         run_ids.append(offline[0].name.rsplit("-", 1)[1])
     assert run_ids[0] != run_ids[1]
+
+
+def test_console_shows_no_known_noise(runs):
+    """No FLOPs column of zeros, no Lightning advert, no W&B banner or 30-line summary, no known
+    dependency deprecation; one line says where the offline W&B run is and how to upload it."""
+    run = runs["forward"]
+    assert run.returncode == 0, run.explain()
+    output = run.stdout + run.stderr
+    for noise in ("FLOPs", "💡", "Run history", "Run summary", "LeafSpec", "anonymous setting",
+                  "wandb: Tracking run", "was deprecated in v4"):  # fmt: skip
+        assert noise not in output, noise
+    hints = [line for line in output.splitlines() if "wandb sync" in line]
+    assert len(hints) == 1, hints
+    assert "wandb sync runs/forward/version_0/wandb/offline-run-" in hints[0]
+
+
+# ------------------------------------------------------- every config from its own checkpoints
+#: Evaluation commands log to CSV only (W&B's service costs seconds per process); ``test``
+#: keeps the default loggers, so one evaluation continues the run's W&B run.
+CSV_ONLY = "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs}}]"
+QUICK = [
+    "--trainer.logger", CSV_ONLY,
+    "--progress_bar.refresh_rate", "0", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+def has_predict_step(name: str) -> bool:
+    import importlib
+
+    import lightning.pytorch as pl
+
+    module, _, cls = config_class_path(name).rpartition(".")
+    model = getattr(importlib.import_module(module), cls)
+    return model.predict_step is not pl.LightningModule.predict_step
+
+
+def checkpoint_commands(name: str, autoencoder: Path) -> dict[str, list[str]]:
+    """``fit --ckpt_path last`` one epoch further, and validate/test/predict from the run's
+    checkpoints (``last``, and the explicit path), with the arguments of the fit."""
+    fit = fit_args(name, autoencoder)
+    same = fit[1:]
+    epochs = 3 if name in STACKS else 2
+    last = f"runs/{name}/version_0/checkpoints/last.ckpt"
+    commands = {
+        "validate": ["validate", *same, *QUICK, "--ckpt_path", "last"],
+        "test": ["test", *same, "--ckpt_path", last],
+        "predict": ["predict", *same, *QUICK, "--ckpt_path", "last"],
+        "resume": [*fit, "--trainer.max_epochs", str(epochs), "--ckpt_path", "last"],
+    }
+    if not has_predict_step(name):  # until every model implements predict_step
+        del commands["predict"]
+    return commands
+
+
+@pytest.fixture(scope="module")
+def from_checkpoints(runs, cli_cache) -> dict[tuple[str, str], Run]:
+    """Each config's run, evaluated from its checkpoints (two at a time), then resumed."""
+    autoencoder = runs["regular_ae"].run_dir / "checkpoints" / "last.ckpt"
+    jobs = {(name, kind): args for name in RUN_CONFIGS
+            for kind, args in checkpoint_commands(name, autoencoder).items()}  # fmt: skip
+    results = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for phase in (("validate", "test", "predict"), ("resume",)):
+            futures = {
+                key: pool.submit(run_cli, "convae", args, runs[key[0]].cwd, cli_cache, key[0])
+                for key, args in jobs.items()
+                if key[1] in phase
+            }
+            results.update({key: future.result() for key, future in futures.items()})
+    return results
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_fit_resumes_from_its_last_checkpoint(from_checkpoints, runs, name):
+    run = from_checkpoints[(name, "resume")]
+    assert run.returncode == 0, run.explain()
+    assert sorted(p.name for p in (run.cwd / "runs" / name).iterdir()) == ["version_0"]
+    before = 1 if name in STACKS else 0
+    assert load_checkpoint(run.run_dir / "checkpoints" / "last.ckpt")["epoch"] == before + 1
+    epochs = {row["epoch"] for row in read_metrics(run.run_dir / "metrics.csv")}
+    assert epochs == {str(e) for e in range(before + 2)}, "metrics were not appended"
+    status = json.loads((run.run_dir / "status.json").read_text())
+    assert status["status"] == "finished"
+    assert status["resumed_from"].endswith(f"runs/{name}/version_0/checkpoints/last.ckpt")
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_evaluates_from_its_checkpoint_into_the_run_folder(from_checkpoints, name, stage):
+    from convae_lightning.runs import RunRecord
+
+    run = from_checkpoints[(name, stage)]
+    assert run.returncode == 0, run.explain()
+    assert sorted(p.name for p in (run.cwd / "runs" / name).iterdir()) == ["version_0"]
+    results = RunRecord.load(run.run_dir).evaluation(stage, checkpoint="last.ckpt")
+    prefix = "val/" if stage == "validate" else "test/"
+    assert [k for k in results if k.startswith(prefix)], results
+    assert (run.run_dir / f"{stage}_config.yaml").is_file()
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["ckpt_path"] is None
+
+
+def test_test_continues_the_runs_wandb_run(from_checkpoints):
+    run = from_checkpoints[("forward", "test")]
+    assert run.returncode == 0, run.explain()
+    ids = {p.name.rsplit("-", 1)[1] for p in (run.run_dir / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1, ids
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_predict_writes_predictions_beside_the_checkpoint(from_checkpoints, name):
+    if (name, "predict") not in from_checkpoints:
+        pytest.skip(f"{config_class_path(name)} has no predict_step yet (models branch)")
+    run = from_checkpoints[(name, "predict")]
+    assert run.returncode == 0, run.explain()
+    assert sorted(p.name for p in (run.cwd / "runs" / name).iterdir()) == ["version_0"]
+    with np.load(run.run_dir / "predictions.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    rows = len(arrays["labels"])
+    assert rows > 0 and (arrays["labels"] >= 0).all()
+    assert len(arrays["class_names"]) == 48 and arrays["label_names"].shape == (rows,)
+    assert str(arrays["checkpoint"]).endswith("last.ckpt")
+    if "Classifier" in config_class_path(name):
+        assert arrays["posteriors"].shape == (rows, 48)
+        np.testing.assert_allclose(arrays["posteriors"].sum(1), 1.0, rtol=1e-5)
+        assert (arrays["predicted"] == arrays["posteriors"].argmax(1)).all()
+    else:
+        assert arrays["codes"].shape[0] == rows
+    if "utterance_ids" in arrays:
+        assert arrays["utterance_ids"].shape == (rows,) and arrays["spans"].shape == (rows, 2)

@@ -148,14 +148,26 @@ def test_representation_reaches_the_batches(toy_corpus, tmp_path, representation
     assert tuple(x.shape[1:]) == dm.input_shape == (*shape, 16)
 
 
-def test_empty_val_split_is_a_clear_error(toy_corpus, tmp_path):
-    dm = TimitDataModule(
-        root=str(toy_corpus), cache_dir=str(tmp_path / "cache"), val_fraction=0.0, progress=False
-    )
-    dm.setup()
+def test_no_validation_speakers_needs_another_validation_split(toy_corpus, tmp_path):
+    """``val_fraction: 0`` holds out no speaker: validate on TEST (the thesis protocol)."""
+    kwargs = dict(root=str(toy_corpus), cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(ValueError, match=r"data\.val_split test"):
+        TimitDataModule(val_fraction=0.0, **kwargs)
+    dm = TimitDataModule(val_fraction=0.0, val_split="test", **kwargs)
+    dm.setup("fit")
     assert len(dm.datasets["val"]) == 0
-    with pytest.raises(RuntimeError, match="the val split is empty"):
-        dm.val_dataloader()
+    assert len(dm.val_dataloader()[0].dataset) == len(dm.datasets["test"])
+
+
+def test_empty_val_split_is_a_clear_error(tmp_path, make_utterance):
+    """One TRAIN speaker cannot give validation speakers: fitting says so in one message."""
+    root = tmp_path / "TIMIT"
+    for utterance in ("TRAIN/DR1/FCJF0/SI1027", "TEST/DR1/MDAB0/SI1027"):
+        make_utterance(root, utterance, [800, 1200, 900])
+    dm = TimitDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), progress=False)
+    dm.setup("test")
+    with pytest.raises(ValueError, match=r"the val split .* holds no phones: nothing to fit on"):
+        dm.setup("fit")
 
 
 @pytest.mark.parametrize("loader", ["train_dataloader", "val_dataloader", "test_dataloader"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -13,17 +13,19 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from convae_lightning.data.features import FeatureConfig, Representation
+from convae_lightning.data.features import FeatureConfig, Representation, audio_to_patches
 from convae_lightning.data.phones import PHONES_48
 from convae_lightning.data.prepare import CorpusOptions, build_cache, default_cache_dir
 from convae_lightning.data.sampler import StratifiedResampler
 from convae_lightning.data.splits import SplitScheme
-from convae_lightning.data.timit import OnError, embedded_corpus_root
+from convae_lightning.data.timit import OnError, embedded_corpus_root, read_audio
 from convae_lightning.runs import EVAL_VIEWS
 
 log = logging.getLogger(__name__)
 
 EvalDistribution = Literal["balanced", "natural", "both"]
+Split = Literal["val", "train", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 class PatchDataset(Dataset):
@@ -48,8 +50,37 @@ class PatchDataset(Dataset):
         return torch.from_numpy(batch), self.labels[torch.as_tensor(indices)]
 
 
-def _collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch  # PatchDataset.__getitems__ already returns a collated batch
+class IndexedPatches(Dataset):
+    """Batches ``(x, y, index)`` of a dataset's rows: what ``predict_step`` receives, so the
+    writer can put utterance ids and spans beside each prediction."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = self.dataset.__getitems__(indices)  # type: ignore[attr-defined]
+        return x, y, torch.as_tensor(indices, dtype=torch.int64)
+
+
+class _Patches(Dataset):
+    """In-memory patches with their labels (``-1``: unknown), batched like :class:`PatchDataset`."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return self.features[index], self.labels[index]
+
+
+def _collate_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return batch  # the datasets' __getitems__ already return a collated batch
 
 
 class TimitDataModule(pl.LightningDataModule):
@@ -85,9 +116,17 @@ class TimitDataModule(pl.LightningDataModule):
         batch_size: examples per batch.
         num_workers: dataloader workers; ``None`` picks 0 on CPU (batches are single memmap reads,
             workers would only compete with training for the cores) and 4 with a GPU.
+        predict_split: split whose phones ``convae predict`` runs on (every phone once, in cache
+            order).
+        predict_audio: an audio file ``convae predict`` runs on instead: resampled to
+            ``sample_rate``, cut into consecutive segments of one patch's length (labels -1).
         on_error: ``raise`` on the first bad corpus file, or ``skip`` bad files with a warning.
         seed: seed of the per-epoch resampling and of the validation-speaker choice.
         progress: show a progress bar while building the cache.
+
+    Raises:
+        ValueError: for a bad value, or ``val_fraction: 0`` with ``val_split: val`` under the
+            ``thesis`` scheme (no validation speakers; validate on ``test`` instead).
     """
 
     def __init__(
@@ -107,9 +146,11 @@ class TimitDataModule(pl.LightningDataModule):
         train_per_class: int = 500,
         eval_per_class: int = 200,
         eval_distribution: EvalDistribution = "both",
-        val_split: Literal["val", "train", "test"] = "val",
+        val_split: Split = "val",
         batch_size: int = 256,
         num_workers: int | None = None,
+        predict_split: Split = "test",
+        predict_audio: str | None = None,
         on_error: OnError = "raise",
         seed: int = 0,
         progress: bool = True,
@@ -123,8 +164,15 @@ class TimitDataModule(pl.LightningDataModule):
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if val_split not in ("val", "train", "test"):
-            raise ValueError(f"val_split must be 'val', 'train' or 'test', got {val_split!r}")
+        for name, value in (("val_split", val_split), ("predict_split", predict_split)):
+            if value not in SPLITS:
+                raise ValueError(f"{name} must be one of {list(SPLITS)}, got {value!r}")
+        if val_fraction == 0 and val_split == "val" and split_scheme == "thesis":
+            raise ValueError(
+                "data.val_fraction 0 leaves the validation split empty; validate on TEST with "
+                "data.val_split test (the thesis protocol), or hold out speakers with "
+                "data.val_fraction > 0"
+            )
         if eval_distribution not in ("balanced", "natural", "both"):
             raise ValueError(
                 "eval_distribution must be 'balanced', 'natural' or 'both', "
@@ -155,6 +203,7 @@ class TimitDataModule(pl.LightningDataModule):
         self.meta: dict = {}
         self.datasets: dict[str, PatchDataset] = {}
         self.mean_spectrogram: np.ndarray | None = None
+        self._predict_set: tuple[Dataset, dict[str, np.ndarray]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -193,9 +242,30 @@ class TimitDataModule(pl.LightningDataModule):
         self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        """Memory-map the cache; idempotent."""
-        if self.datasets:
-            return
+        """Memory-map the cache; idempotent.
+
+        Raises:
+            ValueError: when the split a stage evaluates on holds no phones.
+        """
+        if not self.datasets:
+            self._load_datasets()
+        needed = {"fit": self.hparams.val_split, "validate": self.hparams.val_split}
+        needed["test"] = "test"
+        if self.hparams.predict_audio is None:
+            needed["predict"] = self.hparams.predict_split
+        elif stage == "predict":
+            self._predict_data()  # read the file now: a bad one fails before anything is written
+        split = needed.get(stage or "")
+        trainer = getattr(self, "trainer", None)
+        if stage == "fit" and trainer is not None and trainer.limit_val_batches == 0:
+            split = None  # no validation asked for
+        if split is not None and len(self.datasets[split]) == 0:
+            raise ValueError(
+                f"the {split} split of the corpus at {self.root} holds no phones: nothing to "
+                f"{stage} on (check data.val_fraction / data.split_scheme / data.val_split)"
+            )
+
+    def _load_datasets(self) -> None:
         self._load_meta()
         self.mean_spectrogram = np.load(self.cache_path / "mean.npy")
         for split in ("train", "val", "test"):
@@ -209,7 +279,8 @@ class TimitDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ what callbacks may use
     # After ``setup``: ``features`` (the FeatureConfig that made the patches), ``mean_spectrogram``
     # (the training mean subtracted from every patch), ``class_names``, ``eval_views``,
-    # :attr:`sample_rate` and :meth:`example_batch`. Callbacks use these, never ``datasets``.
+    # :attr:`sample_rate`, :attr:`segment_length`, :meth:`example_batch` and :meth:`predict_info`.
+    # Callbacks use these, never ``datasets``.
 
     @property
     def sample_rate(self) -> int:
@@ -238,16 +309,19 @@ class TimitDataModule(pl.LightningDataModule):
         x, y = dataset.__getitems__(indices)
         return x, [self.class_names[int(c)] for c in y]
 
-    def _loader(self, split: str, sampler: torch.utils.data.Sampler) -> DataLoader:
+    def _loader(self, split: str | Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:
         workers = self.hparams.num_workers
         on_gpu = torch.cuda.is_available() and self._trainer_on_gpu()
         if workers is None:
             workers = 4 if on_gpu else 0
         return DataLoader(
-            self.datasets[split],
+            self.datasets[split] if isinstance(split, str) else split,
             batch_size=self.hparams.batch_size,
             sampler=sampler,
             collate_fn=_collate_batch,
+            # Its own generator: creating an iterator then draws no number from torch's global
+            # one, so dropout masks depend only on the seed and a resumed run continues exactly.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
             num_workers=workers,
             pin_memory=on_gpu,
             persistent_workers=workers > 0,
@@ -280,11 +354,6 @@ class TimitDataModule(pl.LightningDataModule):
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         self._require_setup()
-        if len(self.datasets.get(split, ())) == 0:
-            raise RuntimeError(
-                f"the {split} split is empty: the corpus at {self.root} has no speakers for it "
-                "(check val_fraction / split_scheme)"
-            )
         loaders = []
         for view in self.eval_views:
             if view == "balanced":
@@ -300,5 +369,54 @@ class TimitDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """Batches ``(x, y, index)``: each phone of ``predict_split`` once, or ``predict_audio``."""
+        dataset, _ = self._predict_data()
+        return self._loader(IndexedPatches(dataset), SequentialSampler(dataset))
 
-__all__ = ["PatchDataset", "TimitDataModule"]
+    def predict_info(self) -> dict[str, np.ndarray]:
+        """Per row of the predict set (the ``index`` of a batch): ``labels`` (class ids, -1 when
+        unknown), and where each patch comes from when the cache records it: ``utterance_ids``
+        (``train/DR1/FCJF0/SI1027``, or the audio file) and ``spans`` (start/end sample at
+        :attr:`sample_rate`)."""
+        return self._predict_data()[1]
+
+    def _predict_data(self) -> tuple[Dataset, dict[str, np.ndarray]]:
+        self._require_setup()
+        if self._predict_set is None:
+            audio = self.hparams.predict_audio
+            self._predict_set = self._audio_set(audio) if audio else self._split_set()
+        return self._predict_set
+
+    def _split_set(self) -> tuple[Dataset, dict[str, np.ndarray]]:
+        split = self.hparams.predict_split
+        dataset = self.datasets[split]
+        info = {"labels": dataset.labels.numpy()}
+        utterances = self.cache_path / f"{split}_utt.npy"
+        spans = self.cache_path / f"{split}_span.npy"
+        if utterances.is_file() and "utterances" in self.meta:
+            names = np.asarray(self.meta["utterances"], dtype=str)
+            info["utterance_ids"] = names[np.load(utterances)]
+        if spans.is_file():
+            info["spans"] = np.load(spans).astype(np.int64)
+        return dataset, info
+
+    def _audio_set(self, path: str) -> tuple[Dataset, dict[str, np.ndarray]]:
+        import torchaudio
+
+        audio, rate = read_audio(Path(path).expanduser())
+        wave = torch.from_numpy(np.asarray(audio, dtype=np.float32))
+        if rate != self.sample_rate:
+            wave = torchaudio.functional.resample(wave, rate, self.sample_rate)
+        length = self.segment_length
+        patches = audio_to_patches(wave, self.features, length, self.mean_spectrogram)
+        starts = np.arange(len(patches), dtype=np.int64) * length
+        info = {
+            "labels": np.full(len(patches), -1, dtype=np.int64),
+            "utterance_ids": np.full(len(patches), str(path)),
+            "spans": np.stack([starts, np.minimum(starts + length, wave.numel())], axis=1),
+        }
+        return _Patches(patches, torch.from_numpy(info["labels"])), info
+
+
+__all__ = ["IndexedPatches", "PatchDataset", "TimitDataModule"]
