@@ -197,7 +197,9 @@ def _logged_names(views: Sequence[RunView]) -> set[str]:
     """Names of the train/val/test metrics the runs logged (``euclid``, ``acc48``, ...)."""
     names = set()
     for view in views:
-        for key in view.entry.record.metric_keys:
+        record = view.entry.record
+        tested = {k for row in record.evaluations.get("test", []) for k in row}
+        for key in [*record.metric_keys, *tested]:
             try:
                 stage, name, _ = parse_metric_key(key)
             except ValueError:

@@ -131,6 +131,9 @@ class RunView:
         ``{stage}_unit{k}/...`` record of the depth's best epoch.
         """
         record = self.entry.record
+        evaluated = self._evaluated(key)
+        if evaluated is not None:
+            return [(-1, evaluated)]
         resolved = self.resolve(key)
         values = record.series(resolved) if resolved is not None else []
         if self.depth is None:
@@ -142,6 +145,26 @@ class RunView:
         if per_depth is not None and "_unit" not in stage:
             return record.series(per_depth)
         return values if self.depth == final_depth(self.entry) else []
+
+    def _evaluated(self, key: str) -> float | None:
+        """``key`` from the run's latest ``convae test`` (``test_metrics.csv``) of a checkpoint
+        at this view's depth (any checkpoint for the whole run), or ``None``."""
+        if key.partition("/")[0] != "test":
+            return None  # validation curves are the fit's own; `convae validate` is a re-check
+        rows = self.entry.record.evaluations.get("test", [])
+        if self.depth is not None:
+            rows = [r for r in rows if self._checkpoint_depth(r.get("checkpoint")) == self.depth]
+        values = [r[key] for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]
+        return values[-1] if values else None
+
+    def _checkpoint_depth(self, name: Any) -> int | None:
+        """Active units of an evaluated checkpoint: its own metadata, else ``unit{k}.ckpt``."""
+        stem = Path(str(name)).stem if name else ""
+        info = self.entry.record.checkpoints.get(stem)
+        if info is not None and info.active_units:
+            return int(info.active_units)
+        match = re.fullmatch(r"unit(\d+)", stem)
+        return int(match[1]) if match else None
 
     def value(self, item: Field) -> float | None:
         """The field's value for this view, ``None`` when the run did not log it."""
