@@ -1,8 +1,9 @@
 """A tiny finished study for the report tests: real `convae fit` runs and a real Optuna storage.
 
 Four runs (unpool switch / blind x seeds 0 / 1 of a 1-unit ``regular_ae``) are made by the
-console script, laid out as a sweep lays out its trials (``runs/<study>/trial_<n>/``) and
-recorded in a SQLite study with the sweeps' user attributes. Two more trials show the states a
+console script in a sweep's trial folders (``convae fit --run_dir runs/<study>/trial_<n>``) and
+recorded in a SQLite study with the sweeps' user attributes (the run contract, written here
+through Optuna's API so each state is exact). Two more trials show the states a
 report must not count: one still running (its ``status.json`` says so, written through the run
 contract, with this live process's pid) and one whose ``metrics.csv`` is gone. Built once per
 test session under pytest's base temp folder (every module using it shares it).
@@ -21,7 +22,7 @@ from pathlib import Path
 import optuna
 from conftest import TINY, cli_env
 
-from convae_lightning.runs import RunRecord, latest_run, write_status
+from convae_lightning.runs import RunRecord, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,32 +69,35 @@ STACK_FIT_ARGS = [
 ]  # fmt: skip
 
 
-def python(argv: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
-    """This interpreter in a subprocess, seeing this checkout's package, without W&B settings."""
+def _checkout_env(cache: Path, **env: str) -> dict[str, str]:
+    """The CLI tests' environment plus ``env``, importing this checkout's package."""
     environment = {**cli_env(cache), **env}
     paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
     environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    return environment
+
+
+def python(argv: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    """This interpreter in a subprocess, seeing this checkout's package, without W&B settings."""
     return subprocess.run(
-        [sys.executable, *argv], cwd=cwd, env=environment, capture_output=True, text=True,
-        timeout=300,
+        [sys.executable, *argv], cwd=cwd, env=_checkout_env(cache, **env), capture_output=True,
+        text=True, timeout=300,
     )  # fmt: skip
 
 
 def report_cli(args: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
-    """``python -m convae_lightning.report ...`` (``convae report`` once cli.py routes to it)."""
-    return python(["-m", "convae_lightning.report", *args], cwd, cache, **env)
+    """``convae report ...``: the console script, as a user runs it."""
+    return subprocess.run(
+        [str(BIN / "convae"), "report", *args], cwd=cwd, env=_checkout_env(cache, **env),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def fit_run(cwd: Path, cache: Path, run_dir: Path, extra: list[str]) -> float:
-    """One tiny ``convae fit``, moved to ``run_dir``; returns its wall time in seconds."""
+    """One tiny ``convae fit`` into ``run_dir`` (as a sweep's trial); returns its wall time."""
     start = time.monotonic()
-    cwd.mkdir(parents=True, exist_ok=True)
-    proc = convae([*FIT_ARGS, *extra], cwd, cache)
+    proc = convae([*FIT_ARGS, "--run_dir", str(run_dir), *extra], cwd, cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    made = latest_run(cwd / "runs", "regular_ae")
-    assert made is not None
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    made.rename(run_dir)
     return time.monotonic() - start
 
 
@@ -134,7 +138,7 @@ def build_tiny_study(root: Path, cache: Path) -> Path:
     with ThreadPoolExecutor(max_workers=2) as pool:  # 2 cores; each fit in its own folder
         walls = pool.map(
             lambda n: fit_run(
-                root / "work" / str(n), cache, folder / f"trial_{n}",
+                root, cache, folder / f"trial_{n}",
                 [f"--{UNPOOL_KEY}", FINISHED[n][0], f"--{SEED_KEY}", str(FINISHED[n][1])],
             ),
             range(len(FINISHED)),

@@ -1,6 +1,6 @@
 """``convae report`` on a tiny finished study: real runs, a real SQLite study, real outputs.
 
-The report is built the way a user builds it (``python -m convae_lightning.report``, a
+The report is built the way a user builds it (the ``convae report`` console script, a
 subprocess in the folder the sweep ran in) and read back as files: ``table.csv`` numbers are
 checked against the runs' own ``metrics.csv`` (computed here independently), ``report.md`` for the
 layout, and ``index.html`` in a real headless Chromium.
@@ -25,6 +25,7 @@ from report_helpers import (
     STUDY,
     build_tiny_study,
     convae,
+    python,
     report_cli,
 )
 
@@ -72,6 +73,18 @@ def best_of(run_dir: Path, key: str) -> float:
 def comparison_rows(markdown: str) -> list[str]:
     section = markdown.split("## Comparison", 1)[1].split("\n## ", 1)[0]
     return [line for line in section.splitlines() if line.startswith("| ")]
+
+
+def test_help_of_the_console_script_and_python_m(cli_cache, tmp_path):
+    """``convae report --help`` lists the options; ``python -m`` is the same command."""
+    console = report_cli(["--help"], tmp_path, cli_cache)
+    assert console.returncode == 0, console.stderr[-3000:]
+    assert "usage: convae report" in console.stdout
+    for option in ("--storage", "--study-name", "--rows", "--cols", "--reference", "--wandb"):
+        assert option in console.stdout
+    module = python(["-m", "convae_lightning.report", "--help"], tmp_path, cli_cache)
+    assert module.returncode == 0, module.stderr[-3000:]
+    assert module.stdout == console.stdout
 
 
 def test_report_folder_holds_the_three_files(built):
@@ -190,27 +203,38 @@ def test_run_globs_without_a_study(study_folder, cli_cache, tmp_path):
 
 
 def test_units_columns_of_a_real_stacked_run_with_the_thesis_beside(cli_cache, tmp_path):
-    """Table 4's layout: one column group per depth a stacked run reached."""
+    """Table 4's layout: a column group per depth a stacked run reached; its test errors are
+    ``convae test`` of each depth's checkpoint (``unit{k}.ckpt``, in ``test_metrics.csv``)."""
+    run = tmp_path / "runs/weak_stack/version_0"
     fit = convae(STACK_FIT_ARGS, tmp_path, cli_cache)
     assert fit.returncode == 0, fit.stderr[-3000:]
+    for depth in (1, 2):
+        args = ["test", "--config", str(run / "config.yaml"), "--trainer.limit_test_batches", "2",
+                "--ckpt_path", str(run / f"checkpoints/unit{depth}.ckpt")]  # fmt: skip
+        tested = convae(args, tmp_path, cli_cache)
+        assert tested.returncode == 0, tested.stderr[-3000:]
     (tmp_path / "table4.csv").write_text(
-        "units,val/euclid_balanced:best,epochs\n1,0.73,50\n2,1.52,17†\n"
+        "units,test/euclid_balanced,epochs\n1,0.69,50\n2,1.52,17†\n"
     )
     args = ["runs/weak_stack/version_0", "--cols", "units", "--reference", "table4.csv",
-            "--fields", "val/euclid_balanced:best", "epochs", "--out", "report"]  # fmt: skip
+            "--fields", "val/euclid_balanced:best", "test/euclid_balanced", "epochs",
+            "--out", "report"]  # fmt: skip
     proc = report_cli(args, tmp_path, cli_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_csv(tmp_path / "runs/weak_stack/version_0/metrics.csv")
-    depth_of = {r["epoch"]: r["stack/active_units"] for r in metrics if r["stack/active_units"]}
-    assert sorted(depth_of.values()) == ["1.0", "2.0"]  # one epoch at each depth
     ours = {(r["units"], r["field"]): r for r in read_csv(tmp_path / "report/table.csv")}
+    metrics = read_csv(run / "metrics.csv")
+    depth_of = {r["epoch"]: r["stack/active_units"][0] for r in metrics if r["stack/active_units"]}
+    assert sorted(depth_of.values()) == ["1", "2"]  # one epoch at each depth
     for row in metrics:
         if row["val/euclid_balanced"]:
-            units = depth_of[row["epoch"]][0]
-            cell = ours[(units, "val/euclid_balanced:best")]
+            cell = ours[(depth_of[row["epoch"]], "val/euclid_balanced:best")]
             assert float(cell["mean"]) == pytest.approx(float(row["val/euclid_balanced"]))
-            assert float(ours[(units, "epochs")]["mean"]) == 1
+    for row in read_csv(run / "test_metrics.csv"):
+        cell = ours[(row["checkpoint"][4], "test/euclid_balanced:final")]  # unit{k}.ckpt
+        assert float(cell["mean"]) == pytest.approx(float(row["test/euclid_balanced"]))
+    assert [ours[(u, "epochs")]["mean"] for u in "12"] == ["1.0", "1.0"]
     assert ours[("2", "epochs")]["reference"] == "17†"
+    assert ours[("1", "test/euclid_balanced:final")]["reference"] == "0.69"
     header = comparison_rows((tmp_path / "report/report.md").read_text())[0]
     assert header == "| units = 1 | units = 2 |"
 
