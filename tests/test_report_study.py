@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import matplotlib.image
+import optuna
 import pytest
 from report_helpers import (
     FINISHED,
@@ -28,6 +29,7 @@ from report_helpers import (
     python,
     report_cli,
 )
+from sweep_helpers import TINY_OVERRIDES, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -200,6 +202,30 @@ def test_run_globs_without_a_study(study_folder, cli_cache, tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| missing | metrics.csv missing |" in markdown
     assert "Optuna" not in markdown
+
+
+def test_a_study_made_by_convae_sweep(cli_cache, tmp_path):
+    """The sweep runner's own layout and attributes: a row per condition, its trials' values."""
+    csv_only = [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}
+    ]
+    overrides = {**TINY_OVERRIDES, "trainer.max_epochs": 2, "trainer.logger": csv_only}
+    spec = write_spec(tmp_path, name="tiny", overrides=overrides, seeds=[0, 1])
+    swept = convae(["sweep", str(spec)], tmp_path, cli_cache, timeout=600)
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    proc = report_cli(["runs/tiny"], tmp_path, cli_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "runs/tiny/report/index.html (2 rows; runs: 4 finished)" in proc.stdout
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/runs/tiny/study.db")
+    rows = read_csv(tmp_path / "runs/tiny/report/table.csv")
+    best = {r["model.init_args.unpool"]: r for r in rows if r["field"] == f"{OBJECTIVE}:best"}
+    assert sorted(best) == ["blind", "switch"]
+    for unpool, row in best.items():
+        values = [t.value for t in study.trials if t.params["model.init_args.unpool"] == unpool]
+        assert len(values) == 2 and row["n"] == "2"
+        assert float(row["mean"]) == pytest.approx(statistics.fmean(values))
+    images = sorted(p.name for p in (tmp_path / "runs/tiny/report/images").iterdir())
+    assert "optuna_optimization_history.png" in images
 
 
 def test_units_columns_of_a_real_stacked_run_with_the_thesis_beside(cli_cache, tmp_path):
