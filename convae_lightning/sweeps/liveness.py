@@ -28,7 +28,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from convae_lightning.runs import _alive as pid_alive
+from convae_lightning.runs import pid_alive
 
 __all__ = ["Heartbeat", "RetryDeadTrial", "WorkerIdentity", "reap_dead_trials"]
 
