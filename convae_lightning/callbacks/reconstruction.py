@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from convae_lightning.callbacks.checks import require_module
+from convae_lightning.console import run_folder
 from convae_lightning.report.figures import spectrogram_figure
 
 __all__ = [
@@ -95,7 +96,8 @@ class ReconstructionLogger(Callback):
         zero_code = self.switch_only and getattr(pl_module, "uses_switches", False)
         rows = reconstruction_rows(pl_module, x, zero_code)
         epoch = trainer.current_epoch
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
+        # Not trainer.log_dir: it broadcasts, and this runs on rank 0 only (a DDP deadlock).
+        out_dir = Path(run_folder(trainer) or trainer.default_root_dir) / "reconstructions"
         out_dir.mkdir(parents=True, exist_ok=True)
         figure = spectrogram_figure(
             rows,

@@ -205,6 +205,7 @@ class StackGrowth(EarlyStopping):
         metrics = {f"{stage}/{k.split('/', 1)[1]}": v for k, v in self.unit_best_metrics.items()}
         metrics[f"{stage}/epochs"] = float(self.epochs_in_unit)
         metrics[f"{stage}/best_epoch"] = float(self.unit_best_epoch)
+        metrics["epoch"] = float(trainer.current_epoch)  # as Lightning's own rows carry it
         for logger in trainer.loggers:  # after validation, where LightningModule.log is closed
             logger.log_metrics(metrics, step=trainer.global_step)
 
