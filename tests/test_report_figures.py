@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from model_helpers import tiny_trainer
+from model_helpers import embedded_datamodule, tiny_trainer
 
 from convae_lightning.callbacks.reconstruction import ReconstructionLogger, reconstruction_rows
 from convae_lightning.data import TimitDataModule
@@ -29,16 +29,7 @@ SMALL = {"conv_channels": (4, 4, 8, 16)}
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory) -> TimitDataModule:
     """The embedded corpus, tiny epochs."""
-    dm = TimitDataModule(
-        cache_dir=str(tmp_path_factory.mktemp("embedded_cache")),
-        train_per_class=2,
-        eval_per_class=1,
-        batch_size=32,
-        progress=False,
-    )
-    dm.prepare_data()
-    dm.setup()
-    return dm
+    return embedded_datamodule(tmp_path_factory.mktemp("embedded_cache"))
 
 
 @pytest.fixture(scope="module")
