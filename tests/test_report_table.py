@@ -10,6 +10,7 @@ end-to-end tests in ``test_report_study.py`` use real ``convae fit`` runs.
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 import subprocess
 import sys
@@ -339,3 +340,15 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr == "error: 'runs/none': no run folders there (nor matching it)\n"
+
+
+def test_runs_table_lists_runs_by_state_then_in_numeric_order(tmp_path):
+    """``version_10`` after ``version_2``; a running run after the finished ones."""
+    for n in (10, 2, 1):
+        run = write_run(tmp_path / f"runs/regular_ae/version_{n}", {"unpool": "switch"},
+                        epochs_of([5.0, 4.0]), seed=n)  # fmt: skip
+        write_status(run, "running" if n == 1 else "finished", pid=None)
+    build_report([str(tmp_path / "runs/regular_ae")], out=str(tmp_path / "report"))
+    runs_table = (tmp_path / "report/report.md").read_text().split("## Runs", 1)[1]
+    listed = re.findall(r"^\| \[\S*version_(\d+)\]", runs_table, flags=re.MULTILINE)
+    assert listed == ["2", "10", "1"]

@@ -23,6 +23,7 @@ from convae_lightning.report.content import (
     format_seconds,
 )
 from convae_lightning.report.table import Cell
+from convae_lightning.report.views import RunView
 
 __all__ = ["render_csv", "render_html", "render_markdown", "write_atomic"]
 
@@ -50,14 +51,17 @@ def _objective_key(report: Report) -> str | None:
 
 
 def _run_rows(report: Report) -> list[dict[str, str]]:
-    """One dict per run: what the runs table of every format shows."""
+    """One dict per run: what the runs table of every format shows, by state, then in the
+    inputs' order (trial numbers, ``version_N``, numbers compared as numbers)."""
     objective = _objective_key(report)
-    seen, rows = set(), []
+    position = {entry.path: i for i, entry in enumerate(report.entries)}
+    views: dict[Path, RunView] = {}
     for view in report.table.views:
+        views.setdefault(view.entry.path, view)  # per-depth views of one run: listed once
+    rows = []
+    for path in sorted(views, key=lambda p: position.get(p, len(position))):
+        view = views[path]
         entry = view.entry
-        if entry.path in seen:
-            continue  # per-depth views of one run: the run is listed once
-        seen.add(entry.path)
         status, detail = entry.status_detail
         best = ""
         if objective:
@@ -77,7 +81,7 @@ def _run_rows(report: Report) -> list[dict[str, str]]:
             }
         )
     order = {s: i for i, s in enumerate(STATUS_ORDER)}
-    return sorted(rows, key=lambda r: (order.get(r["status"], 99), r["run"]))
+    return sorted(rows, key=lambda r: order.get(r["status"], 99))  # stable: inputs' order kept
 
 
 # ------------------------------------------------------------------------------ Markdown
