@@ -125,6 +125,22 @@ def test_learning_curves_share_axes_across_conditions(tmp_path):
     legend = figure.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["unpool=switch", "unpool=blind"]
     assert Path(save_png(figure, tmp_path / "curves.png")).stat().st_size > 5000
+    assert train.get_yscale() == "linear"
+
+
+def test_a_diverging_run_gives_a_log_axis_and_long_legends_stay_in_the_png(tmp_path):
+    label = "unpool=blind, decoder_relu=false, config=regular"  # as a sweep's conditions read
+    curves = {f"{label} #{i}": [{"train/euclid": [(0, 20.0), (1, 15.0)]}] for i in range(5)}
+    curves[label] = [{"train/euclid": [(0, 400.0), (1, 1046.0)]}]
+    figure = learning_curves_figure(curves, ["train/euclid"])
+    assert figure.axes[0].get_yscale() == "log"
+    path = save_png(figure, tmp_path / "curves.png")
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    width = figure.get_figwidth() * figure.dpi
+    assert legend.x0 < 0 or legend.x1 > width  # wider than the figure: only a tight PNG holds it
+    png_width = matplotlib.image.imread(path).shape[1]  # saved at 90 dpi
+    assert png_width > 0.95 * legend.width * 90 / figure.dpi > 1.5 * width * 90 / figure.dpi
 
 
 def test_study_figures_or_the_reason_they_cannot_be_drawn():

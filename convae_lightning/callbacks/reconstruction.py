@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from convae_lightning.callbacks.checks import require_module
 from convae_lightning.console import run_folder
-from convae_lightning.report.figures import spectrogram_figure
+from convae_lightning.report.figures import save_png, spectrogram_figure
 
 __all__ = [
     "ReconstructionLogger",
@@ -107,8 +107,7 @@ class ReconstructionLogger(Callback):
             mean=datamodule.mean_spectrogram,
             units=getattr(pl_module, "num_active_units", None),
         )
-        png = out_dir / f"epoch={epoch}.png"
-        figure.savefig(png, dpi=90)
+        png = save_png(figure, out_dir / f"epoch={epoch}.png")  # as the report draws its own
         sample_rate = datamodule.sample_rate
         audio = {}
         if self.audio:

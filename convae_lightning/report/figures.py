@@ -165,6 +165,10 @@ def spectrogram_figure(
     return figure
 
 
+#: Learning curves get a log y axis when their largest value is this many times the smallest.
+LOG_SCALE_SPAN = 30.0
+
+
 def learning_curves_figure(
     curves: Mapping[str, Sequence[Mapping[str, Sequence[tuple[int, float]]]]],
     keys: Sequence[str],
@@ -203,6 +207,9 @@ def learning_curves_figure(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(", ".join(sorted({k.split("/")[-1].split("_")[0] for k in keys})))
+    values = [v for ax in axes for line in ax.get_lines() for v in line.get_ydata()]
+    if values and min(values) > 0 and max(values) / min(values) > LOG_SCALE_SPAN:
+        axes[0].set_yscale("log")  # one diverging run must not flatten every other curve
     handles, labels = axes[-1].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[0].get_legend_handles_labels()
@@ -269,6 +276,6 @@ def save_png(figure: Figure, path: str | os.PathLike, dpi: int = 90) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    figure.savefig(tmp, dpi=dpi, format="png")
+    figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")  # long legends stay whole
     os.replace(tmp, path)
     return path
