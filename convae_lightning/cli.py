@@ -86,6 +86,9 @@ class ConvaeCLI(LightningCLI):
     Used in-process (a sweep runner): ``ConvaeCLI(args=[...], trainer_defaults={"callbacks":
     [...]}, wandb_init={"group": ..., "tags": [...], "job_type": ...})`` runs the subcommand and
     keeps ``cli.trainer`` (read ``cli.trainer.callback_metrics``) and ``cli.run_dir``.
+    ``run=False`` (LightningCLI's own switch; ``args`` without the subcommand) only builds the
+    model, DataModule and Trainer of a ``fit``, and leaves no run folder behind: a check that a
+    command line makes a run.
 
     Args:
         *args: Passed to ``LightningCLI``.
@@ -97,6 +100,7 @@ class ConvaeCLI(LightningCLI):
     def __init__(self, *args: Any, wandb_init: Mapping[str, Any] | None = None, **kwargs: Any):
         self.wandb_init = dict(wandb_init or {})
         self.placement: RunPlacement | None = None
+        builds_only = kwargs.get("run", True) is False
         kwargs.setdefault("model_class", ConvaeModule)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("datamodule_class", TimitDataModule)
@@ -106,6 +110,8 @@ class ConvaeCLI(LightningCLI):
         quiet_known_noise()
         try:
             super().__init__(*args, **kwargs)
+            if builds_only and self.placement is not None:
+                self.placement.discard_if_unused()
         except BaseException:
             if self.placement is not None:
                 self.placement.discard_if_unused()
@@ -195,9 +201,9 @@ class ConvaeCLI(LightningCLI):
 
     @override
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
-        self.placement = place_run(config, self.subcommand, self.wandb_init)
+        self.placement = place_run(config, self.subcommand or "fit", self.wandb_init)
 
     def _link_num_classes(self, config: Namespace) -> None:
         """Link ``data.num_classes`` only into a model that takes it: linked into every model,
@@ -384,8 +390,8 @@ def reconstruct_main(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``convae data ...`` for corpus tools, ``convae reconstruct ...``, ``convae sweep ...``, and
-    ``convae fit|validate|test|predict ...`` for runs.
+    """``convae data ...`` for corpus tools, ``convae reconstruct ...``, ``convae sweep ...``,
+    ``convae report ...``, and ``convae fit|validate|test|predict ...`` for runs.
 
     Every entry point first tunes glibc's allocator for training (``allocator.tune_malloc``).
     """
@@ -399,6 +405,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from convae_lightning.sweeps import main as sweep_main
 
         sweep_main(args[1:])
+    elif args and args[0] == "report":
+        from convae_lightning.report import main as report_main
+
+        report_main(args[1:])
     else:
         lightning_main(argv)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["explain"]
+__all__ = ["explain", "not_allowed"]
 
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)'")
@@ -20,6 +20,13 @@ _GIVEN = re.compile(r"^\s*Given value: (.*)$", re.MULTILINE)
 def explain(message: str) -> str:
     """``message`` with a first line naming the key, the value and the allowed values, when the
     value failed a ``Literal`` (a fixed set of choices); otherwise ``message`` unchanged."""
+    line = not_allowed(message)
+    return message if line is None else f"{line}\n{message}"
+
+
+def not_allowed(message: str) -> str | None:
+    """``model.init_args.unpool: 'nearest' is not allowed; allowed: 'switch', 'blind'`` from
+    jsonargparse's report of a value outside a ``Literal``; ``None`` for any other error."""
     lines = message.splitlines()
     keys: list[str] = []
     literal: str | None = None
@@ -39,12 +46,12 @@ def explain(message: str) -> str:
             given_match = _GIVEN.search("\n".join(lines[index:]))
             given = given_match.group(1).strip() if given_match else None
     if literal is None or given is None or not keys:
-        return message
+        return None
     key = ".".join(k for k in _dedupe(keys))
     one_of = ", ".join(v.strip() for v in literal.split(","))
     also_list = "Sequence[typing.Literal" in message
     hint = " (or a list of them)" if also_list else ""
-    return f"{key}: {given!r} is not allowed; allowed: {one_of}{hint}\n{message}"
+    return f"{key}: {given!r} is not allowed; allowed: {one_of}{hint}"
 
 
 def _dedupe(keys: list[str]) -> list[str]:

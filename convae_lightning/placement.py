@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from convae_lightning.loggers import wandb_run_id
 from convae_lightning.runs import (
     checkpoint_run_dir,
     claim_version_dir,
+    flatten_config,
     latest_checkpoint,
     read_status,
 )
@@ -168,6 +170,7 @@ def place_run(config: Namespace, stage: str, wandb_init: dict[str, Any]) -> RunP
     saved = config.clone()
     saved.ckpt_path = None
     saved.run_dir = None
+    _record_config_in_wandb(loggers, saved)
 
     created: list[Path] = []
     inherited = os.environ.get(RUN_DIR_ENV) if rank_zero_only.rank > 0 else None
@@ -256,6 +259,25 @@ def _point_loggers(loggers: list[Namespace], run_dir: Path, existed: bool) -> No
             run_id = wandb_run_id(run_dir) if existed else None
             if run_id and not args.get("id"):
                 args.id, args.resume = run_id, "allow"
+
+
+def _record_config_in_wandb(loggers: list[Namespace], config: Namespace) -> None:
+    """Give each W&B run the flattened resolved config (``model.init_args.unpool``, ...) as its
+    config, unless one was configured: runs then compare by any setting in the W&B UI. Set after
+    ``config`` was copied for ``config.yaml``, which it would only repeat."""
+    flat = {key: _jsonable(value) for key, value in flatten_config(config.as_dict()).items()}
+    for logger in loggers:
+        if _is(logger, WandbLogger) and not logger.init_args.get("config"):
+            logger.init_args["config"] = flat
+
+
+def _jsonable(value: Any) -> Any:
+    """A config value W&B can store: paths (jsonargparse ``Path``) and the like as strings."""
+    try:
+        json.dumps(value)
+    except TypeError:
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+    return value
 
 
 def _is(logger: Namespace, *classes: type) -> bool:

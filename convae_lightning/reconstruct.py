@@ -136,16 +136,14 @@ def _input_patches(
 
 
 def _validation_example(dm: TimitDataModule, spec: str) -> tuple[torch.Tensor, str, str]:
-    split = dm.hparams.val_split
-    dataset = dm.datasets[split]
-    index = spec.removeprefix("val:")
-    if not index.isdigit() or int(index) >= len(dataset):
-        raise ValueError(
-            f"--input {spec!r}: the validation split ({split!r}) has {len(dataset)} examples; "
-            f"use val:N with N in 0..{len(dataset) - 1}"
-        )
-    x, y = dataset[int(index)]
-    return x.unsqueeze(0), f"/{dm.class_names[int(y)]}/ ({split} example {index})", f"val{index}"
+    split, index = dm.hparams.val_split, spec.removeprefix("val:")
+    try:
+        if not index.isdigit():
+            raise IndexError(f"{index!r} is not an example number")
+        x, label = dm.example(int(index), split)
+    except IndexError as error:
+        raise ValueError(f"--input {spec!r}: {error}; use val:N") from None
+    return x, f"/{label}/ ({split} example {index})", f"val{index}"
 
 
 def _audio_file(dm: TimitDataModule, path: Path) -> tuple[torch.Tensor, str, str]:

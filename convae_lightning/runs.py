@@ -376,13 +376,14 @@ def _stem(row: Mapping[str, Any]) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
+    """Whether process ``pid`` exists on this machine (a zombie counts as alive; the sweeps'
+    liveness checks tell those apart through ``/proc``)."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # it exists, run by another user
     return True
 
 

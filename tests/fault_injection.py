@@ -24,8 +24,8 @@ def die() -> None:
 
 class KillAt(Callback):
     """SIGKILL during training batch ``batch`` of ``epoch`` (``when: batch``), or right after a
-    stacked autoencoder grew at the end of ``epoch``'s validation, before its checkpoint is
-    written (``when: growth``)."""
+    stacked autoencoder grew at the start of ``epoch``, before any step at the new depth
+    (``when: growth``; list it after StackGrowth, whose hook grows first)."""
 
     def __init__(self, epoch: int, when: Literal["batch", "growth"] = "batch", batch: int = 0):
         self.epoch, self.when, self.batch = epoch, when, batch
@@ -36,18 +36,12 @@ class KillAt(Callback):
         if self.when == "batch" and trainer.current_epoch == self.epoch and batch_idx == self.batch:
             die()
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        self._depth = getattr(pl_module, "num_active_units", None)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        grown = getattr(pl_module, "num_active_units", None) != self._depth
-        if (
-            self.when == "growth"
-            and trainer.current_epoch == self.epoch
-            and not trainer.sanity_checking
-        ):
-            assert grown, "KillAt(when=growth) must follow a StackGrowth that grows this epoch"
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        depth = getattr(pl_module, "num_active_units", None)
+        if self.when == "growth" and trainer.current_epoch == self.epoch:
+            assert depth != self._depth, "KillAt(when=growth) needs a StackGrowth growing here"
             die()
+        self._depth = depth
 
 
 class KillDuringSave(AtomicCheckpointIO):

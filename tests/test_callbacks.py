@@ -307,6 +307,7 @@ def test_stack_growth_logs_the_unfinished_unit_when_training_ends(cache_dir, tmp
     run = RunRecord.load(logger.log_dir)
     assert run.final("val_unit1/epochs") == 2
     assert run.final("val_unit2/epochs") == 1  # stopped by max_epochs, one epoch into unit 2
+    assert run.epochs_trained == 3  # the unit's row is the last epoch's, not a fourth
     assert sorted(p.name for p in (Path(logger.log_dir) / "checkpoints").glob("*.ckpt")) == [
         "unit1.ckpt",
         "unit2.ckpt",
@@ -389,7 +390,7 @@ def test_reconstruction_logger_needs_reconstruct(cache_dir, tmp_path):
 # ------------------------------------------------------------------------------------- DDP
 DDP_SCRIPT = """
 import sys, torch, lightning.pytorch as pl
-from convae_lightning.callbacks import StackGrowth, LayerFreezing
+from convae_lightning.callbacks import LayerFreezing, ReconstructionLogger, StackGrowth
 from convae_lightning.data import TimitDataModule
 from convae_lightning.models import StackedAutoencoder, reconstruction_measures
 
@@ -415,10 +416,12 @@ class LocalEuclid(pl.Callback):  # this rank's own sum over the last validation 
 local = LocalEuclid()
 trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",
                      max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
+                     default_root_dir=out,
                      enable_checkpointing=False, enable_progress_bar=False,
                      num_sanity_val_steps=0, callbacks=[
                          StackGrowth(monitor="val/euclid_balanced", max_epochs_per_unit=1),
-                         LayerFreezing(freeze=["decoder.0.conv.bias"]), snap, local])
+                         LayerFreezing(freeze=["decoder.0.conv.bias"]), snap, local,
+                         ReconstructionLogger(every_n_epochs=1, num_examples=2)])
 trainer.fit(model, dm)
 torch.save({"state": model.state_dict(), "unit0_at_growth": snap.unit0,
             "depth": model.num_active_units, "frozen_bias": frozen_bias,
@@ -442,6 +445,8 @@ def test_growth_and_freezing_under_ddp_with_two_cpu_processes(cache_dir, tmp_pat
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted(p.name for p in (tmp_path / "reconstructions").glob("*.png"))
+    assert images == ["epoch=0.png", "epoch=1.png"]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for rank in ranks:
         # Each rank gets half of the epoch's draw: the resampler is not sharded a second time.

@@ -132,6 +132,28 @@ def test_in_process_use_by_a_sweep_runner(workdir):
     assert list((workdir / "runs/study/trial_0/wandb").glob("offline-run-*"))
 
 
+def test_run_false_builds_a_fit_and_leaves_no_run_folder(workdir):
+    """``run=False`` (a sweep checking its conditions) builds model, data and trainer of a fit
+    without claiming a run folder; the W&B run would get the flattened resolved config."""
+    cli = ConvaeCLI(
+        args=[
+            "--config",
+            str(CONF / "regular_ae.yaml"),
+            *TINY,
+            "--model.init_args.unpool",
+            "blind",
+        ],
+        run=False,
+    )
+    assert cli.model.hparams.unpool == "blind" and cli.trainer.max_epochs == 1
+    assert cli.datamodule.hparams.train_per_class == 5
+    assert not (workdir / "runs").exists()
+    wandb = next(lg for lg in cli.config.trainer.logger if "Wandb" in lg.class_path)
+    flat = wandb.init_args.config
+    assert flat["model.init_args.unpool"] == "blind" and flat["data.train_per_class"] == 5
+    assert flat["config"] == [str(CONF / "regular_ae.yaml")]
+
+
 def test_relative_run_folders_follow_the_working_directory(workdir, tmp_path_factory):
     """W&B's service process resolved the run's relative folder against its own working
     directory (the repository's when an earlier test started it there)."""

@@ -218,3 +218,31 @@ def test_loaders_work_as_plain_dataloaders(toy_corpus, tmp_path):
     loader = dm.val_dataloader()[1]
     assert isinstance(loader, DataLoader) and loader.batch_size == 16
     assert len(loader) == -(-len(dm.datasets["val"]) // 16)
+
+
+def test_window_position_reaches_the_patches(datamodule, toy_corpus, tmp_path):
+    """``data.window_position center`` is another cache with other patches of the same phones."""
+    centred = TimitDataModule(
+        root=str(toy_corpus),
+        cache_dir=str(tmp_path / "cache"),
+        window_position="center",
+        train_per_class=6,
+        eval_per_class=3,
+        progress=False,
+    )
+    centred.prepare_data()
+    centred.setup("fit")
+    assert centred.features.window_position == "center"
+    start, label = datamodule.example(0)
+    centre, same_label = centred.example(0)
+    assert label == same_label and start.shape == centre.shape
+    assert not torch.allclose(start, centre)
+
+
+def test_example_returns_one_patch_and_names_a_bad_index(datamodule):
+    x, label = datamodule.example(1)
+    dataset = datamodule.datasets["val"]
+    torch.testing.assert_close(x[0], dataset[1][0])
+    assert label == datamodule.class_names[int(dataset[1][1])]
+    with pytest.raises(IndexError, match=rf"the 'val' split has {len(dataset)} examples; index"):
+        datamodule.example(len(dataset))

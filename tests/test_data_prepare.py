@@ -287,6 +287,7 @@ SETTING_CHANGES = [
     ("features", {"window_ms": 20.0}),
     ("features", {"overlap_ms": 5.0}),
     ("features", {"n_mels": 64}),
+    ("features", {"window_position": "center"}),
     ("options", {"include_sa": True}),
     ("options", {"split_scheme": "standard"}),
     ("options", {"val_fraction": 0.2}),

@@ -57,6 +57,18 @@ def test_reshuffled_per_epoch_and_reproducible():
     assert list(c) != epochs[0]
 
 
+def test_an_evaluation_draw_stays_the_same_every_epoch():
+    """Validation after epoch 3 and ``convae validate`` of that checkpoint see the same phones."""
+    labels = np.repeat(np.arange(4), 50)
+    fixed = StratifiedResampler(labels, per_class=10, seed=1, resample=False)
+    first = list(fixed)
+    fixed.set_epoch(3)
+    assert list(fixed) == first
+    training = StratifiedResampler(labels, per_class=10, seed=1)
+    training.set_epoch(3)
+    assert list(training) != first
+
+
 @pytest.mark.parametrize("per_class", [10, 11])
 def test_ddp_rank_shares_are_disjoint_and_cover_the_draw(per_class):
     labels = np.repeat(np.arange(3), [40, 9, 25])

@@ -107,27 +107,25 @@ def test_postgres_heartbeat_fails_and_retries_a_silent_remote_trial(workdir, pos
 
 @pytest.mark.slow
 def test_the_same_command_on_another_machine_joins_the_study(tmp_path, postgres_url, cli_cache):
-    """Two ``convae sweep SPEC --storage postgresql://...`` started in two places at once."""
+    """The same sweep command started in two places at once, with ``--storage
+    postgresql://...``: ``convae sweep`` on one, ``python -m convae_lightning.sweeps`` (the
+    same command; local ``--workers`` start it so) on the other."""
     space = {"model.init_args.unpool": ["switch", "blind"],
              "model.init_args.decoder_relu": [True, False]}  # fmt: skip
     spec = write_spec(tmp_path, "joined", space=space)
     env = {**cli_env(cli_cache), "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     machines = [tmp_path / "machine_a", tmp_path / "machine_b"]
-    command = [
-        sys.executable,
-        "-m",
-        "convae_lightning.sweeps",
-        str(spec),
-        "--storage",
-        postgres_url,
+    commands = [
+        [str(Path(sys.executable).parent / "convae"), "sweep"],
+        [sys.executable, "-m", "convae_lightning.sweeps"],
     ]
     processes = []
-    for machine in machines:
+    for machine, command in zip(machines, commands, strict=True):
         machine.mkdir()
         processes.append(
             subprocess.Popen(
-                command, cwd=machine, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True,
+                [*command, str(spec), "--storage", postgres_url], cwd=machine, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
         )  # fmt: skip
     outputs = [process.communicate(timeout=600)[0] for process in processes]

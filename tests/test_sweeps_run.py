@@ -32,9 +32,9 @@ def env(cli_cache):
 
 
 def sweep_process(spec: Path, cwd: Path, env: dict, *args: str) -> subprocess.Popen:
-    """``python -m convae_lightning.sweeps SPEC ARGS`` (what ``convae sweep`` runs)."""
+    """``convae sweep SPEC ARGS``, the console script users run."""
     return subprocess.Popen(
-        [sys.executable, "-m", "convae_lightning.sweeps", str(spec), *args],
+        [str(BIN / "convae"), "sweep", str(spec), *args],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

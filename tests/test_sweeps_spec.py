@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import cli_env
@@ -215,7 +216,7 @@ CLI_REJECTS = [
         {"space": {"model.init_args.unpool": ["switch", "nearest"]}},
         (),
         r"space.model.init_args.unpool: value nearest rejected: "
-        r"expected one of \['switch', 'blind'\]",
+        r"'nearest' is not allowed; allowed: 'switch', 'blind' \(or a list of them\)$",
     ),
     (
         {"space": {"model.init_args.num_units": [1, 9]}},
@@ -285,12 +286,12 @@ def test_unreachable_storage_is_one_line(url, message):
 
 @pytest.mark.slow
 def test_dry_run_prints_conditions_and_run_count_and_runs_nothing(tmp_path, cli_cache):
-    """``python -m convae_lightning.sweeps sweeps/unpooling.yaml --dry-run`` from the repo."""
+    """``convae sweep sweeps/unpooling.yaml --dry-run`` from the repo."""
     env = {**cli_env(cli_cache), "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     before = sorted(p.name for p in REPO.iterdir())
+    convae = str(Path(sys.executable).parent / "convae")
     result = subprocess.run(
-        [sys.executable, "-m", "convae_lightning.sweeps", "sweeps/unpooling.yaml", "--dry-run",
-         "--", "--trainer.max_epochs", "1"],
+        [convae, "sweep", "sweeps/unpooling.yaml", "--dry-run", "--", "--trainer.max_epochs", "1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

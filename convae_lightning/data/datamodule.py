@@ -13,7 +13,12 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from convae_lightning.data.features import FeatureConfig, Representation, audio_to_patches
+from convae_lightning.data.features import (
+    FeatureConfig,
+    Representation,
+    WindowPosition,
+    audio_to_patches,
+)
 from convae_lightning.data.memory import HOLD_FEATURES, HoldFeatures, TensorBatches, choose_hold
 from convae_lightning.data.phones import PHONES_48
 from convae_lightning.data.prepare import CorpusOptions, build_cache, default_cache_dir
@@ -105,9 +110,9 @@ class TimitDataModule(pl.LightningDataModule):
 
     ``prepare_data`` builds the feature cache once (keyed by the corpus file list and every
     setting below); ``setup`` memory-maps it. Training batches are stratified-resampled every epoch
-    (``train_per_class`` per class); validation and test report the ``balanced`` (stratified,
-    ``eval_per_class`` per class) and/or ``natural`` (every phone once) distributions, in the order
-    given by :attr:`eval_views` (one dataloader each).
+    (``train_per_class`` per class); validation and test report the ``balanced`` (stratified: one
+    draw of ``eval_per_class`` per class, the same at every evaluation) and/or ``natural`` (every
+    phone once) distributions, in the order given by :attr:`eval_views` (one dataloader each).
 
     Args:
         root: corpus folder holding ``TRAIN``/``TEST``; ``None`` uses the embedded synthetic corpus.
@@ -119,6 +124,9 @@ class TimitDataModule(pl.LightningDataModule):
         include_sa: keep the SA sentences (thesis: dropped).
         discard_longest: fraction of longest training phones dropped before padding (thesis 5%).
         num_frames: force the patch width T (``None``: from the longest kept phone).
+        window_position: where the 25 ms window sits in the 400-sample FFT frame: ``start``
+            (MATLAB's ``fft(x, n)`` zero-pads at the end; the thesis's patches) or ``center``
+            (``torch.stft``'s convention). See docs/table1.md.
         representation: ``real`` (thesis), ``magnitude``, ``magnitude_phase``, ``real_imag``,
             ``log_mel`` or ``mfcc``.
         deltas: add delta (1) or delta and delta-delta (2) channels.
@@ -161,6 +169,7 @@ class TimitDataModule(pl.LightningDataModule):
         include_sa: bool = False,
         discard_longest: float = 0.05,
         num_frames: int | None = None,
+        window_position: WindowPosition = "start",
         representation: Representation = "real",
         deltas: int = 0,
         sample_rate: int = 16000,
@@ -214,6 +223,7 @@ class TimitDataModule(pl.LightningDataModule):
             deltas=deltas,
             n_mels=n_mels,
             n_mfcc=n_mfcc,
+            window_position=window_position,
         )
         self.options = CorpusOptions(
             include_sa=include_sa,
@@ -339,6 +349,24 @@ class TimitDataModule(pl.LightningDataModule):
         x, y = dataset.__getitems__(indices)
         return x, [self.class_names[int(c)] for c in y]
 
+    def example(self, index: int, split: str = "val") -> tuple[torch.Tensor, str]:
+        """Patch ``index`` ``(1, C, F, T)`` of a split (``"val"``: the validation split) and its
+        class name, for tools that show one chosen example (``convae reconstruct --input val:N``).
+
+        Raises:
+            IndexError: naming the split, its size and the index asked for.
+        """
+        self._require_setup()
+        split = self.hparams.val_split if split == "val" else split
+        dataset = self.datasets[split]
+        if not 0 <= index < len(dataset):
+            raise IndexError(
+                f"the {split!r} split has {len(dataset)} examples; index {index} is outside "
+                f"0..{len(dataset) - 1}"
+            )
+        x, y = dataset[index]
+        return x.unsqueeze(0), self.class_names[int(y)]
+
     def _loader(
         self, split: str | Dataset, sampler: torch.utils.data.Sampler
     ) -> DataLoader | TensorBatches:
@@ -390,7 +418,9 @@ class TimitDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
 
-    def _resampler(self, split: str, per_class: int, seed_offset: int) -> StratifiedResampler:
+    def _resampler(
+        self, split: str, per_class: int, seed_offset: int, resample: bool = True
+    ) -> StratifiedResampler:
         trainer = getattr(self, "trainer", None)
         world = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
         return StratifiedResampler(
@@ -401,6 +431,7 @@ class TimitDataModule(pl.LightningDataModule):
             class_names=self.class_names,
             num_replicas=world[0],
             rank=world[1],
+            resample=resample,
         )
 
     def _require_setup(self) -> None:
@@ -416,7 +447,7 @@ class TimitDataModule(pl.LightningDataModule):
         loaders = []
         for view in self.eval_views:
             if view == "balanced":
-                sampler = self._resampler(split, self.hparams.eval_per_class, 1)
+                sampler = self._resampler(split, self.hparams.eval_per_class, 1, resample=False)
             else:
                 sampler = SequentialSampler(self.datasets[split])
             loaders.append(self._loader(split, sampler))

@@ -40,6 +40,7 @@ from convae_lightning.data.index import (
 from convae_lightning.data.phones import PHONES_48
 from convae_lightning.data.splits import SPLITS
 from convae_lightning.data.timit import Utterance, find_utterances, read_audio
+from convae_lightning.runs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -358,13 +359,7 @@ def _owner_is_alive(partial: Path) -> bool:
         return time.time() - partial.stat().st_mtime < STALE_PARTIAL_SECONDS
     if host != socket.gethostname():
         return time.time() - partial.stat().st_mtime < STALE_PARTIAL_SECONDS
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, run by another user
-    return True
+    return pid_alive(pid)
 
 
 def remove_dead_builds(cache_dir: str | os.PathLike) -> list[Path]:

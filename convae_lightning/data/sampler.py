@@ -38,6 +38,9 @@ class StratifiedResampler(DistributedSampler):
         class_names: names used when reporting missing classes.
         num_replicas: DDP world size (default: from ``torch.distributed`` when initialised, else 1).
         rank: this process's rank (default: likewise).
+        resample: draw anew every epoch (training). ``False`` keeps the epoch-0 draw for good:
+            a balanced evaluation set must be the same set at every validation and when a
+            checkpoint is validated later, or its metrics are not comparable.
 
     Raises:
         ValueError: if ``per_class`` is not positive, ``labels`` is empty or rank is out of range.
@@ -52,6 +55,7 @@ class StratifiedResampler(DistributedSampler):
         class_names: Sequence[str] | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
+        resample: bool = True,
     ) -> None:
         Sampler.__init__(self)  # DistributedSampler's own __init__ needs a dataset we don't use
         if per_class <= 0:
@@ -66,6 +70,7 @@ class StratifiedResampler(DistributedSampler):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
         self.per_class = per_class
+        self.resample = resample
         self.seed = seed
         self.epoch = 0
         self.num_replicas = num_replicas
@@ -87,8 +92,9 @@ class StratifiedResampler(DistributedSampler):
         self.shuffle, self.drop_last = True, False  # DistributedSampler's attributes
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose draw :meth:`__iter__` yields."""
-        self.epoch = epoch
+        """Choose the epoch whose draw :meth:`__iter__` yields (a fixed sampler keeps epoch 0)."""
+        if self.resample:
+            self.epoch = epoch
 
     def draw(self) -> np.ndarray:
         """This epoch's full draw (all ranks), shuffled."""

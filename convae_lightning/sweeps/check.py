@@ -16,10 +16,11 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from convae_lightning.cli import ConvaeCLI
+from convae_lightning.parse_errors import not_allowed
 from convae_lightning.runs import flatten_config
 from convae_lightning.sweeps.space import fit_arg_parts, probe_conditions
 from convae_lightning.sweeps.spec import CONFIG_KEY, SEED_KEY, SpecError, SweepSpec, format_value
-from convae_lightning.sweeps.trial import TrialCLI
 
 __all__ = ["check_spec", "condense_error"]
 
@@ -54,20 +55,20 @@ def check_spec(spec: SweepSpec, extra: Sequence[str] = ()) -> int:
 
 def _problem(parts: Sequence[tuple[str, list[str]]]) -> str | None:
     """Why the CLI cannot build a run from these arguments (``None``: it can)."""
-    args = ["fit", *(arg for _, part in parts for arg in part)]
+    args = [arg for _, part in parts for arg in part]  # a fit's arguments, without "fit"
     try:
         with _quiet():
-            cli = TrialCLI(args=args, fit=False, parser_kwargs={"exit_on_error": False})
+            cli = ConvaeCLI(args=args, run=False, parser_kwargs={"exit_on_error": False})
     except SystemExit as error:
         return f"the CLI exited ({error.code})"
     except Exception as error:  # parser and constructor errors alike are the user's to fix
         return condense_error(error)
-    known = flatten_config(cli.config["fit"].clone().as_dict())
+    known = flatten_config(cli.config.clone().as_dict())
     for label, part in parts:
         if not label.startswith(("overrides.", "space.")) or label == f"space.{CONFIG_KEY}":
             continue
         key = part[0].removeprefix("--")
-        if key not in cli.config["fit"] and not any(k.startswith(f"{key}.") for k in known):
+        if key not in cli.config and not any(k.startswith(f"{key}.") for k in known):
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             return f"unknown config key {key!r}{hint}"
@@ -116,8 +117,13 @@ def _unknown_key(problem: str) -> bool:
 def condense_error(error: BaseException) -> str:
     """jsonargparse's nested union report -> the lines that say what is wrong, on one line.
 
-    The innermost ``Parser key "..."`` names the argument; the other structure lines go.
+    A value outside a fixed set of choices reads as the CLI says it (:func:`not_allowed`);
+    otherwise the innermost ``Parser key "..."`` names the argument and the other structure
+    lines go.
     """
+    allowed = not_allowed(str(error))
+    if allowed is not None:
+        return allowed
     lines, key = [], None
     for raw in str(error).splitlines():
         line = raw.strip().removeprefix("- ").strip()
