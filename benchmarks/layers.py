@@ -24,34 +24,13 @@ from pathlib import Path
 import torch
 from benchlib import emit, machine, save, table
 from jsonargparse import CLI
-from plain_models import PlainAutoencoder, PlainForward, classifier_loss, reconstruction_loss
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
+from training import MODELS
 
 from convae_lightning.allocator import tune_malloc
-from convae_lightning.models import ConvAutoencoder, ForwardClassifier
-
-#: name -> (builder of our model, builder of the plain one, loss)
-MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module], Callable]] = {
-    "forward": (ForwardClassifier, PlainForward, classifier_loss),
-    "cae4_switch": (
-        lambda: ConvAutoencoder(num_units=4, unpool="switch"),
-        lambda: PlainAutoencoder(4, "switch"),
-        reconstruction_loss,
-    ),
-    "cae4_blind": (
-        lambda: ConvAutoencoder(num_units=4, unpool="blind"),
-        lambda: PlainAutoencoder(4, "blind"),
-        reconstruction_loss,
-    ),
-    "cae1_switch": (
-        lambda: ConvAutoencoder(num_units=1, unpool="switch"),
-        lambda: PlainAutoencoder(1, "switch"),
-        reconstruction_loss,
-    ),
-}
 
 
 class _LayerClock(TorchDispatchMode):
@@ -162,7 +141,8 @@ def main(
     """Print one per-layer table per model (and per plain model with ``plain``).
 
     Args:
-        models: Any of ``forward``, ``cae4_switch``, ``cae4_blind``, ``cae1_switch``.
+        models: Any of ``training.MODELS``: ``forward``, ``cae1_switch``, ``cae1_blind``,
+            ``cae4_switch``, ``cae4_blind``.
         plain: Also profile the plain PyTorch versions.
         batch_size: Samples per step.
         steps: Measured steps (medians).
