@@ -161,6 +161,13 @@ class TrialReference:
         return f"{self.file} of {self.study} trial {where}"
 
 
+def _param_dict(param: Param) -> dict[str, Any]:
+    """A parameter as JSON-simple data; ``values`` as pairs (labels may be non-strings)."""
+    data = asdict(param)  # also turns TrialReference values into dicts
+    data["values"] = [[k, v] for k, v in data["values"].items()]
+    return data
+
+
 # -------------------------------------------------------------------------- the other parts
 @dataclass(frozen=True)
 class Objective:
@@ -250,9 +257,7 @@ class SweepSpec:
         """JSON-simple form, stored with the study (``spec`` study user attribute)."""
         data = asdict(self)
         data["path"] = str(self.path)
-        data["space"] = [
-            {**asdict(p), "values": [[k, v] for k, v in p.values.items()]} for p in self.space
-        ]
+        data["space"] = [_param_dict(p) for p in self.space]
         return json.loads(json.dumps(data, default=list))
 
     def identity(self) -> dict[str, Any]:
