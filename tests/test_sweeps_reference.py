@@ -123,3 +123,19 @@ def test_resolve_finds_the_complete_trial_of_the_condition_and_seed(folder):
         resolve(best, 1)
     blind_seed_0 = record_trial(folder, "blind", 0, ("checkpoints/epoch=3-step=8.ckpt",))
     assert resolve(best, 0) == str(blind_seed_0 / "checkpoints" / "epoch=3-step=8.ckpt")
+
+
+def test_table3_spec_rows_are_the_thesis_rows(monkeypatch):
+    """The study's Table 3 rows set the same arguments as the model tests' twelve rows."""
+    from test_models_thesis import TABLE3_ROWS
+
+    monkeypatch.chdir(REPO)
+    row = load_spec("sweeps/thesis_table3.yaml").param("model.init_args")
+
+    def normal(args: dict) -> tuple:
+        return (args["encoder"], args.get("decoder_conv", "free"), tuple(args.get("frozen", ())))
+
+    assert len(row.choices) == 12
+    assert sorted(normal(row.values[label]) for label in row.choices) == sorted(
+        normal(args) for args in TABLE3_ROWS.values()
+    )
