@@ -387,8 +387,8 @@ def reconstruct_main(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``convae data ...`` for corpus tools, ``convae reconstruct ...``, ``convae sweep ...``, and
-    ``convae fit|validate|test|predict ...`` for runs."""
+    """``convae data ...`` for corpus tools, ``convae reconstruct ...``, ``convae sweep ...``,
+    ``convae report ...``, and ``convae fit|validate|test|predict ...`` for runs."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "data":
         data_main(args[1:])
@@ -398,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from convae_lightning.sweeps import main as sweep_main
 
         sweep_main(args[1:])
+    elif args and args[0] == "report":
+        from convae_lightning.report import main as report_main
+
+        report_main(args[1:])
     else:
         lightning_main(argv)
 

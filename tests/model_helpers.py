@@ -9,11 +9,13 @@ Contract (as ``convae_lightning.data.TimitDataModule``): batches ``(x, y)`` with
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from convae_lightning.data import TimitDataModule
 from convae_lightning.data.phones import PHONES_48
 
 #: Small input for training tests: 4 Figure-2 units still fit (32x8 -> 14x4 -> 5x2 -> 1x1).
@@ -94,6 +96,20 @@ class TinyDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders()
+
+
+def embedded_datamodule(cache_dir: Path) -> TimitDataModule:
+    """The embedded corpus with tiny epochs (2 train, 1 eval example per class), set up."""
+    dm = TimitDataModule(
+        cache_dir=str(cache_dir),
+        train_per_class=2,
+        eval_per_class=1,
+        batch_size=32,
+        progress=False,
+    )
+    dm.prepare_data()
+    dm.setup()
+    return dm
 
 
 def tiny_trainer(tmp_path, **overrides) -> pl.Trainer:

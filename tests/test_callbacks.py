@@ -307,6 +307,7 @@ def test_stack_growth_logs_the_unfinished_unit_when_training_ends(cache_dir, tmp
     run = RunRecord.load(logger.log_dir)
     assert run.final("val_unit1/epochs") == 2
     assert run.final("val_unit2/epochs") == 1  # stopped by max_epochs, one epoch into unit 2
+    assert run.epochs_trained == 3  # the unit's row is the last epoch's, not a fourth
     assert sorted(p.name for p in (Path(logger.log_dir) / "checkpoints").glob("*.ckpt")) == [
         "unit1.ckpt",
         "unit2.ckpt",

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from model_helpers import tiny_trainer
+from model_helpers import embedded_datamodule, tiny_trainer
 
-from convae_lightning.data import TimitDataModule
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
 from convae_lightning.reconstruct import main
 
@@ -26,15 +25,7 @@ SMALL = {"conv_channels": (4, 4, 8, 16)}
 def run(tmp_path_factory) -> dict:
     """A 2-unit switch autoencoder fitted briefly; its checkpoint sits in a run-like folder."""
     root = tmp_path_factory.mktemp("run")
-    dm = TimitDataModule(
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-        train_per_class=2,
-        eval_per_class=1,
-        batch_size=32,
-        progress=False,
-    )
-    dm.prepare_data()
-    dm.setup()
+    dm = embedded_datamodule(tmp_path_factory.mktemp("cache"))
     model = ConvAutoencoder(input_shape=dm.input_shape, num_units=2, **SMALL)
     trainer = tiny_trainer(root)
     trainer.fit(model, dm)

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from convae_lightning.callbacks.checks import require_module
 from convae_lightning.console import run_folder
+from convae_lightning.report.figures import save_png, spectrogram_figure
 
 __all__ = [
     "ReconstructionLogger",
@@ -90,8 +91,6 @@ class ReconstructionLogger(Callback):
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import matplotlib.pyplot as plt
-
         datamodule = trainer.datamodule
         x, labels = datamodule.example_batch(self.num_examples, seed=self.seed)
         zero_code = self.switch_only and getattr(pl_module, "uses_switches", False)
@@ -100,9 +99,15 @@ class ReconstructionLogger(Callback):
         # Not trainer.log_dir: it broadcasts, and this runs on rank 0 only (a DDP deadlock).
         out_dir = Path(run_folder(trainer) or trainer.default_root_dir) / "reconstructions"
         out_dir.mkdir(parents=True, exist_ok=True)
-        figure = spectrogram_figure(rows, [f"/{label}/" for label in labels], f"epoch {epoch}")
-        png = out_dir / f"epoch={epoch}.png"
-        figure.savefig(png, dpi=90)
+        figure = spectrogram_figure(
+            rows,
+            [f"/{label}/" for label in labels],
+            f"epoch {epoch}",
+            features=datamodule.features,
+            mean=datamodule.mean_spectrogram,
+            units=getattr(pl_module, "num_active_units", None),
+        )
+        png = save_png(figure, out_dir / f"epoch={epoch}.png")  # as the report draws its own
         sample_rate = datamodule.sample_rate
         audio = {}
         if self.audio:
@@ -115,7 +120,6 @@ class ReconstructionLogger(Callback):
                 _log_wandb(logger, png, audio, labels, sample_rate, trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 _log_tensorboard(logger, figure, audio, sample_rate, trainer.global_step)
-        plt.close(figure)
 
 
 def reconstruction_rows(
@@ -150,41 +154,6 @@ def rows_to_audio(
             waves = [w / max(1e-6, float(np.abs(w).max())) * 0.9 for w in waves]
         out[name] = waves
     return out
-
-
-def spectrogram_figure(rows: dict[str, torch.Tensor], titles: list[str], title: str = "") -> Any:
-    """A grid: one row per kind (input, reconstruction, ...), one column per patch (channel 0).
-
-    Each row has one colour scale, symmetric around zero, with its colour bar: a reconstruction
-    at the wrong scale shows as such instead of being stretched to look right.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n_rows, n_cols = len(rows), len(titles)
-    figure, axes = plt.subplots(
-        n_rows,
-        n_cols,
-        figsize=(1.8 * n_cols + 1.6, 2.4 * n_rows),
-        squeeze=False,
-        layout="constrained",
-    )
-    for r, (name, patches) in enumerate(rows.items()):
-        limit = float(patches[:, 0].abs().max()) or 1.0
-        for c in range(n_cols):
-            image = axes[r, c].imshow(patches[c, 0].numpy(), origin="lower", aspect="auto",
-                                      cmap="RdBu_r", vmin=-limit, vmax=limit)  # fmt: skip
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(titles[c], fontsize=9)
-            if c == 0:
-                axes[r, c].set_ylabel(name, fontsize=9)
-        figure.colorbar(image, ax=axes[r, :].tolist(), shrink=0.9)
-    figure.suptitle(title)
-    return figure
 
 
 def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:

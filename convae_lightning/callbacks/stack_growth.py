@@ -200,12 +200,14 @@ class StackGrowth(EarlyStopping):
             self.grow_pending = True
         self._start_unit()
 
-    def _log_unit_results(self, trainer: pl.Trainer, depth: int) -> None:
+    def _log_unit_results(self, trainer: pl.Trainer, depth: int, epoch: int | None = None) -> None:
+        """Log the depth's best-epoch results, in a row of ``epoch`` (default: the current one)."""
         stage = unit_stage("val", depth)
         metrics = {f"{stage}/{k.split('/', 1)[1]}": v for k, v in self.unit_best_metrics.items()}
         metrics[f"{stage}/epochs"] = float(self.epochs_in_unit)
         metrics[f"{stage}/best_epoch"] = float(self.unit_best_epoch)
-        metrics["epoch"] = float(trainer.current_epoch)  # as Lightning's own rows carry it
+        # As Lightning's own rows carry it.
+        metrics["epoch"] = float(trainer.current_epoch if epoch is None else epoch)
         for logger in trainer.loggers:  # after validation, where LightningModule.log is closed
             logger.log_metrics(metrics, step=trainer.global_step)
 
@@ -241,7 +243,10 @@ class StackGrowth(EarlyStopping):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Stopped (max_epochs) before the current unit converged: its best so far is its result.
         if self.unit_best is not None:
-            self._log_unit_results(trainer, pl_module.num_active_units)
+            # The loop has counted the last epoch as done: its row is the last trained epoch's,
+            # not one more (which would read as an extra epoch trained in metrics.csv).
+            last = max(trainer.current_epoch - 1, self.unit_best_epoch)
+            self._log_unit_results(trainer, pl_module.num_active_units, last)
 
     # ------------------------------------------------------------------------------ state
     @override
