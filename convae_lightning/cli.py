@@ -100,7 +100,7 @@ class ConvaeCLI(LightningCLI):
     def __init__(self, *args: Any, wandb_init: Mapping[str, Any] | None = None, **kwargs: Any):
         self.wandb_init = dict(wandb_init or {})
         self.placement: RunPlacement | None = None
-        builds_only = kwargs.get("run", True) is False
+        builds_only = self._builds_only = kwargs.get("run", True) is False
         kwargs.setdefault("model_class", ConvaeModule)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("datamodule_class", TimitDataModule)
@@ -203,7 +203,9 @@ class ConvaeCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
-        self.placement = place_run(config, self.subcommand or "fit", self.wandb_init)
+        self.placement = place_run(
+            config, self.subcommand or "fit", self.wandb_init, create=not self._builds_only
+        )
 
     def _link_num_classes(self, config: Namespace) -> None:
         """Link ``data.num_classes`` only into a model that takes it: linked into every model,

@@ -30,6 +30,7 @@ from convae_lightning.runs import (
     claim_version_dir,
     flatten_config,
     latest_checkpoint,
+    next_version_dir,
     read_status,
 )
 
@@ -149,8 +150,13 @@ def resolve_last_checkpoint(config: Namespace) -> bool:
     return True
 
 
-def place_run(config: Namespace, stage: str, wandb_init: dict[str, Any]) -> RunPlacement:
+def place_run(
+    config: Namespace, stage: str, wandb_init: dict[str, Any], create: bool = True
+) -> RunPlacement:
     """Choose (and on rank 0 create) the run folder, and point the configured loggers at it.
+
+    ``create=False`` (a build without a run: ``ConvaeCLI(run=False)``) only chooses the folder:
+    nothing is written, not even into an existing ``runs/<name>/``.
 
     Raises:
         FileNotFoundError: for a ``ckpt_path`` that does not exist.
@@ -184,14 +190,16 @@ def place_run(config: Namespace, stage: str, wandb_init: dict[str, Any]) -> RunP
                 f"--run_dir {config.run_dir!r} already holds a run: resume it with "
                 "--ckpt_path last, or choose another folder"
             )
-        if rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0 and create:
             created = _make_dirs(run_dir)
     elif checkpoint and checkpoint_run_dir(checkpoint) is not None:
         run_dir, existed = checkpoint_run_dir(checkpoint), True  # type: ignore[assignment]
     else:
         root, name = _run_group(config, loggers)
         existed = False
-        if rank_zero_only.rank == 0:
+        if not create:
+            run_dir = next_version_dir(root, name)
+        elif rank_zero_only.rank == 0:
             created = _missing_parents(Path(root) / name)
             try:
                 run_dir = claim_version_dir(root, name)
@@ -204,7 +212,7 @@ def place_run(config: Namespace, stage: str, wandb_init: dict[str, Any]) -> RunP
             run_dir = Path(root) / name / "version_0"
     _point_loggers(loggers, run_dir, existed)
     placement = RunPlacement(run_dir, stage, existed, checkpoint, saved, created)
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0 and create:
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
         placement.exported = True
     return placement

@@ -154,6 +154,16 @@ def test_run_false_builds_a_fit_and_leaves_no_run_folder(workdir):
     assert flat["config"] == [str(CONF / "regular_ae.yaml")]
 
 
+def test_run_false_writes_nothing_into_existing_runs(workdir):
+    """Checking a sweep's conditions beside earlier runs neither claims nor touches a folder."""
+    earlier = workdir / "runs" / "regular_ae" / "version_0"
+    earlier.mkdir(parents=True)
+    before = {p: p.stat().st_mtime_ns for p in (earlier.parent, earlier)}
+    ConvaeCLI(args=["--config", str(CONF / "regular_ae.yaml"), *TINY], run=False)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert folders(workdir) == ["runs/regular_ae/version_0"]
+
+
 def test_relative_run_folders_follow_the_working_directory(workdir, tmp_path_factory):
     """W&B's service process resolved the run's relative folder against its own working
     directory (the repository's when an earlier test started it there)."""

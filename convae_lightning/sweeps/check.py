@@ -3,7 +3,9 @@
 Each condition's ``fit`` command line is parsed and its model, DataModule and Trainer are built
 (no fitting), so an unknown key, a value the model rejects or a broken base config stops the
 sweep with one line naming the spec key at fault. Sampled sweeps are checked at every choice and
-both bounds of every range.
+both bounds of every range. A trial reference (another study's checkpoint) is checked with the
+real file where that trial has run, else with a stand-in: the referred condition's model,
+untrained, saved as a checkpoint, so an encoder that does not fit is found before either runs.
 """
 
 from __future__ import annotations
@@ -12,15 +14,28 @@ import contextlib
 import difflib
 import logging
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from convae_lightning.cli import ConvaeCLI
+from convae_lightning.models.base import CHECKPOINT_META_KEY
 from convae_lightning.parse_errors import not_allowed
 from convae_lightning.runs import flatten_config
-from convae_lightning.sweeps.space import fit_arg_parts, probe_conditions
-from convae_lightning.sweeps.spec import CONFIG_KEY, SEED_KEY, SpecError, SweepSpec, format_value
+from convae_lightning.sweeps.reference import ReferenceMissingError, resolve
+from convae_lightning.sweeps.space import fit_arg_parts, matching_conditions, probe_conditions
+from convae_lightning.sweeps.spec import (
+    CONFIG_KEY,
+    SEED_KEY,
+    SpecError,
+    SweepSpec,
+    TrialReference,
+    format_value,
+)
 
 __all__ = ["check_spec", "condense_error"]
 
@@ -46,11 +61,58 @@ def check_spec(spec: SweepSpec, extra: Sequence[str] = ()) -> int:
         SpecError: naming the spec key (or the arguments after ``--``) that the CLI rejects.
     """
     conditions = probe_conditions(spec)
-    for params in conditions:
-        parts = fit_arg_parts(spec, {**params, SEED_KEY: spec.seeds[0]}, extra)
-        if _problem(parts) is not None:
-            raise _blame(spec, params, parts)
+    with tempfile.TemporaryDirectory(prefix="convae-sweep-check-") as folder:
+        stand_ins = _StandIns(spec, Path(folder))
+        for params in conditions:
+            parts = fit_arg_parts(spec, {**params, SEED_KEY: spec.seeds[0]}, extra, stand_ins)
+            if _problem(parts) is not None:
+                raise _blame(spec, params, parts)
     return len(conditions)
+
+
+class _StandIns:
+    """Resolver for checks: the referred file if its trial ran, else a stand-in checkpoint."""
+
+    def __init__(self, spec: SweepSpec, folder: Path) -> None:
+        self.spec, self.folder = spec, folder
+        self.made: dict[str, str] = {}
+
+    def __call__(self, reference: TrialReference, seed: int) -> str:
+        try:
+            return resolve(reference, seed)
+        except ReferenceMissingError:
+            pass
+        key = reference.describe()
+        if key not in self.made:
+            self.made[key] = self.make(reference, self.folder / f"stand_in_{len(self.made)}.ckpt")
+        return self.made[key]
+
+    def make(self, reference: TrialReference, path: Path) -> str:
+        """The referred condition's model, built by the CLI as its sweep would, untrained."""
+        from convae_lightning.sweeps.parse import load_spec  # parse imports this package
+
+        other = load_spec(reference.spec)
+        (params,) = matching_conditions(other, reference.where)
+        parts = fit_arg_parts(other, {**params, SEED_KEY: other.seeds[0]})
+        args = [arg for _, part in parts for arg in part]
+        try:
+            with _quiet():
+                cli = ConvaeCLI(args=args, run=False, parser_kwargs={"exit_on_error": False})
+        except (Exception, SystemExit) as error:
+            why = condense_error(error) if isinstance(error, Exception) else f"exit {error}"
+            raise SpecError(
+                self.spec.path, "", f"cannot build the stand-in for {reference.describe()}: {why}"
+            ) from None
+        model = cli.model
+        checkpoint: dict[str, Any] = {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+        }
+        model.on_save_checkpoint(checkpoint)
+        # The stand-in has every unit trained, as the referred run will have at its end.
+        checkpoint[CHECKPOINT_META_KEY].pop("num_active_units", None)
+        torch.save(checkpoint, path)
+        return str(path)
 
 
 def _problem(parts: Sequence[tuple[str, list[str]]]) -> str | None:

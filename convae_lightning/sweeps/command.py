@@ -27,7 +27,13 @@ from convae_lightning.sweeps.runner import (
     progress,
     run_worker,
 )
-from convae_lightning.sweeps.space import condition_id, count_runs, fit_args, probe_conditions
+from convae_lightning.sweeps.space import (
+    condition_id,
+    count_runs,
+    describe_reference,
+    fit_args,
+    probe_conditions,
+)
 from convae_lightning.sweeps.spec import SEED_KEY, SpecError, SweepSpec
 from convae_lightning.sweeps.storage import (
     StorageError,
@@ -189,7 +195,7 @@ def _print_plan(run: Sweep) -> None:
         _say(f"{_target(run)}; each sampled condition repeated for seeds {list(spec.seeds)}")
     example = {**probe_conditions(spec)[0], SEED_KEY: spec.seeds[0]}
     _say(f"study {run.study_name} in {display_url(run.storage_url)}; each run is, e.g.:")
-    _say(f"  {command_line(fit_args(spec, example, run.extra_args))}")
+    _say(f"  {command_line(fit_args(spec, example, run.extra_args, describe_reference))}")
 
 
 def _print_trial(trial: FrozenTrial) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from convae_lightning.sweeps.space import matching_conditions
 from convae_lightning.sweeps.spec import (
     CONFIG_KEY,
     SEED_KEY,
@@ -23,6 +24,7 @@ from convae_lightning.sweeps.spec import (
     SamplerSpec,
     SpecError,
     SweepSpec,
+    TrialReference,
 )
 
 __all__ = ["load_spec"]
@@ -42,13 +44,14 @@ TOP_LEVEL_KEYS = (
     "max_retries",
     "heartbeat",
 )
+REFERENCE_KEYS = ("trial_of", "where", "file", "study")
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def load_spec(path: str | os.PathLike) -> SweepSpec:
-    """Read and validate a spec file.
+def load_spec(path: str | os.PathLike, _referring: tuple[Path, ...] = ()) -> SweepSpec:
+    """Read and validate a spec file (and the specs its trial references name).
 
     Raises:
         SpecError: one line naming the file and key, for any mistake in the file.
@@ -65,12 +68,13 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raise SpecError(path, "", f"{where}not valid YAML ({problem})") from None
     if not isinstance(data, Mapping):
         raise SpecError(path, "", "must be a YAML mapping of spec keys")
-    return _Parser(path).parse(data)
+    return _Parser(path, _referring).parse(data)
 
 
 class _Parser:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, referring: tuple[Path, ...] = ()) -> None:
         self.path = path
+        self.referring = referring
 
     def fail(self, key: str, message: str) -> SpecError:
         return SpecError(self.path, key, message)
@@ -106,6 +110,7 @@ class _Parser:
             config_choices=choices,
         )
         self.check_budget(spec)
+        self.check_reference_seeds(spec)
         return spec
 
     # ------------------------------------------------------------------------ sections
@@ -216,13 +221,21 @@ class _Parser:
     def categorical(self, where: str, key: str, raw: Any) -> Param:
         if isinstance(raw, Mapping) and raw:
             labels = tuple(str(k) for k in raw)
-            return Param(key, "categorical", labels, dict(zip(labels, raw.values(), strict=True)))
+            values = {
+                label: self.reference(f"{where}.choices.{label}", value)
+                if isinstance(value, Mapping) and "trial_of" in value
+                else value
+                for label, value in zip(labels, raw.values(), strict=True)
+            }
+            return Param(key, "categorical", labels, values)
         if not isinstance(raw, list) or not raw:
             raise self.fail(
                 f"{where}.choices", "must be a non-empty list (or label: value mapping)"
             )
         stored, values = [], {}
         for item in raw:
+            if isinstance(item, Mapping) and "trial_of" in item:
+                raise self.fail(f"{where}.choices", "give each trial_of reference a label")
             text = item if isinstance(item, _SCALARS) else json.dumps(item, separators=(",", ":"))
             if not isinstance(item, _SCALARS):
                 values[text] = item
@@ -254,6 +267,65 @@ class _Parser:
                 )
             resolved[other] = tuple(stored)
         return replace(param, when=resolved)
+
+    def reference(self, where: str, value: Mapping[str, Any]) -> TrialReference:
+        """``{trial_of: SPEC, where: {...}, file: PATH, study: NAME}``: checked against the other
+        spec, whose grid must have exactly one condition with the ``where`` values."""
+        unknown = [k for k in value if k not in REFERENCE_KEYS]
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}", f"unknown; allowed: {list(REFERENCE_KEYS)}")
+        target = value["trial_of"]
+        if not isinstance(target, str) or not Path(target).is_file():
+            raise self.fail(
+                f"{where}.trial_of",
+                f"sweep spec {target!r} not found (relative to the working directory)",
+            )
+        if Path(target).resolve() in (*self.referring, self.path.resolve()):
+            raise self.fail(f"{where}.trial_of", f"{target} refers back to this spec")
+        try:
+            other = load_spec(target, (*self.referring, self.path.resolve()))
+        except SpecError as error:
+            raise self.fail(f"{where}.trial_of", f"in the referred spec: {error}") from None
+        if not other.is_grid:
+            raise self.fail(f"{where}.trial_of", f"{target} must be a grid sweep")
+        file = value.get("file", "checkpoints/last.ckpt")
+        study = value.get("study", other.study_name)
+        for name, text in (("file", file), ("study", study)):
+            if not isinstance(text, str) or not text or text.startswith(("/", "..")):
+                raise self.fail(f"{where}.{name}", f"must be a relative name, got {text!r}")
+        conditions = value.get("where") or {}
+        if not isinstance(conditions, Mapping):
+            raise self.fail(f"{where}.where", "must map keys of the referred space to values")
+        stored: dict[str, Any] = {}
+        for key, wanted in conditions.items():
+            param = next((p for p in other.space if p.key == key), None)
+            choice = _MISSING if param is None else self.stored_choice(param, wanted)
+            if choice is _MISSING:
+                keys = {p.key: list(p.choices) for p in other.space}
+                raise self.fail(f"{where}.where.{key}", f"{wanted!r} is not in {target}'s {keys}")
+            stored[key] = choice
+        matches = matching_conditions(other, stored)
+        if len(matches) != 1:
+            raise self.fail(
+                f"{where}.where",
+                f"must pick exactly one condition of {target}, picks {len(matches)}",
+            )
+        return TrialReference(target, study, other.storage, stored, file, tuple(other.seeds))
+
+    def check_reference_seeds(self, spec: SweepSpec) -> None:
+        for param in spec.space:
+            for label, value in param.values.items():
+                missing = (
+                    sorted(set(spec.seeds) - set(value.seeds))
+                    if isinstance(value, TrialReference)
+                    else []
+                )
+                if missing:
+                    raise self.fail(
+                        f"space.{param.key}.choices.{label}",
+                        f"{value.spec} has no runs with seeds {missing} (it has "
+                        f"{list(value.seeds)}); a reference takes the trial of the same seed",
+                    )
 
     @staticmethod
     def stored_choice(param: Param, value: Any) -> Any:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from convae_lightning.sweeps.spec import CONFIG_KEY, SEED_KEY, SweepSpec, format_value
+from convae_lightning.sweeps.spec import (
+    CONFIG_KEY,
+    SEED_KEY,
+    SweepSpec,
+    TrialReference,
+    format_value,
+)
 
 __all__ = [
+    "Resolver",
     "Run",
     "cli_text",
     "condition_id",
@@ -20,6 +27,7 @@ __all__ = [
     "fit_args",
     "grid_conditions",
     "grid_runs",
+    "matching_conditions",
     "probe_conditions",
     "suggest",
     "wandb_tags",
@@ -27,6 +35,21 @@ __all__ = [
 
 #: W&B refuses longer tags.
 _MAX_TAG = 64
+
+#: Turns a trial reference into the path a trial of a seed gets (``reference.resolve``).
+Resolver = Callable[[TrialReference, int], str]
+
+
+def resolve_in_storage(reference: TrialReference, seed: int) -> str:
+    """The default :data:`Resolver`: the referred trial's file, looked up now."""
+    from convae_lightning.sweeps.reference import resolve  # reads other studies' storages
+
+    return resolve(reference, seed)
+
+
+def describe_reference(reference: TrialReference, seed: int) -> str:
+    """A :data:`Resolver` for plans and messages: what would be looked up."""
+    return f"<{reference.describe(seed)}>"
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,11 @@ def grid_conditions(spec: SweepSpec) -> list[dict[str, Any]]:
             grown.extend({**params, param.key: value} for value in param.grid_values())
         conditions = grown
     return conditions
+
+
+def matching_conditions(spec: SweepSpec, where: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The grid conditions whose parameters include every ``where`` value (a reference's)."""
+    return [c for c in grid_conditions(spec) if all(c.get(k) == v for k, v in where.items())]
 
 
 def grid_runs(spec: SweepSpec) -> list[Run]:
@@ -119,19 +147,33 @@ def cli_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def fit_args(spec: SweepSpec, params: Mapping[str, Any], extra: Sequence[str] = ()) -> list[str]:
-    """The ``convae fit`` arguments of a trial (without its run folder)."""
-    return ["fit", *(arg for _, part in fit_arg_parts(spec, params, extra) for arg in part)]
+def fit_args(
+    spec: SweepSpec,
+    params: Mapping[str, Any],
+    extra: Sequence[str] = (),
+    resolver: Resolver = resolve_in_storage,
+) -> list[str]:
+    """The ``convae fit`` arguments of a trial (without its run folder).
+
+    Raises:
+        ReferenceMissingError: a trial reference of the parameters cannot be resolved.
+    """
+    parts = fit_arg_parts(spec, params, extra, resolver)
+    return ["fit", *(arg for _, part in parts for arg in part)]
 
 
 def fit_arg_parts(
-    spec: SweepSpec, params: Mapping[str, Any], extra: Sequence[str] = ()
+    spec: SweepSpec,
+    params: Mapping[str, Any],
+    extra: Sequence[str] = (),
+    resolver: Resolver = resolve_in_storage,
 ) -> list[tuple[str, list[str]]]:
     """:func:`fit_args` in labelled pieces (spec key -> its arguments), for error messages.
 
-    Order: the condition's config files, the spec's fixed overrides, the trial's parameters,
-    the objective as the checkpoint's monitor (so the CLI logs its ``_best`` and keeps the best
-    checkpoint by it), then the extra arguments given after ``--``, which win.
+    Order: the condition's config files, the spec's fixed overrides, the trial's parameters
+    (a trial reference becomes the path ``resolver`` gives for the trial's seed), the objective
+    as the checkpoint's monitor (so the CLI logs its ``_best`` and keeps the best checkpoint by
+    it), then the extra arguments given after ``--``, which win.
     """
     configs = [arg for file in spec.configs_for(params) for arg in ("--config", file)]
     parts = [("space.config" if CONFIG_KEY in params else "config", configs)]
@@ -141,7 +183,10 @@ def fit_arg_parts(
         if key == SEED_KEY:
             parts.append(("seeds", [f"--{key}", str(value)]))
         elif key != CONFIG_KEY:
-            parts.append((f"space.{key}", [f"--{key}", cli_text(spec.param(key).cli_value(value))]))
+            value = spec.param(key).cli_value(value)
+            if isinstance(value, TrialReference):
+                value = resolver(value, params.get(SEED_KEY, spec.seeds[0]))
+            parts.append((f"space.{key}", [f"--{key}", cli_text(value)]))
     monitor = ["--checkpoint.monitor", spec.objective.metric]
     parts.append(("objective", [*monitor, "--checkpoint.mode", spec.objective.mode]))
     if extra:

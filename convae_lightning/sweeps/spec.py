@@ -31,6 +31,7 @@ __all__ = [
     "SamplerSpec",
     "SpecError",
     "SweepSpec",
+    "TrialReference",
 ]
 
 #: Space key that chooses the base config file(s) of a condition.
@@ -130,6 +131,43 @@ def format_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+@dataclass(frozen=True)
+class TrialReference:
+    """A choice whose value is a file of another sweep's trial (a checkpoint, typically).
+
+    Spelled in a spec as a labelled choice ``{trial_of: SPEC, where: {KEY: VALUE}, file: PATH}``:
+    the trial of ``SPEC``'s study whose parameters include ``where`` and whose seed is the
+    running trial's seed. It is looked up when the trial starts (the other study may still be
+    running when this one is planned); :func:`~convae_lightning.sweeps.reference.resolve`.
+    """
+
+    #: The other sweep's spec file (relative to the working directory, like ``config``).
+    spec: str
+    #: Its study (the spec's ``study_name`` unless the reference names another).
+    study: str
+    #: Its storage URL or journal path (``None``: the spec's, else ``runs/<study>/``).
+    storage: str | None
+    #: Stored parameter values that identify one condition of the other sweep.
+    where: Mapping[str, Any]
+    #: The file in the trial's run folder; a glob must match exactly one file.
+    file: str = "checkpoints/last.ckpt"
+    #: The other sweep's seeds (a trial takes the run of its own seed).
+    seeds: tuple[int, ...] = ()
+
+    def describe(self, seed: int | None = None) -> str:
+        """``checkpoints/unit4.ckpt of thesis_table4 trial config=weak,...,seed=0``."""
+        where = ",".join(f"{k}={format_value(v)}" for k, v in self.where.items())
+        where += f",seed={seed}" if seed is not None else ""
+        return f"{self.file} of {self.study} trial {where}"
+
+
+def _param_dict(param: Param) -> dict[str, Any]:
+    """A parameter as JSON-simple data; ``values`` as pairs (labels may be non-strings)."""
+    data = asdict(param)  # also turns TrialReference values into dicts
+    data["values"] = [[k, v] for k, v in data["values"].items()]
+    return data
+
+
 # -------------------------------------------------------------------------- the other parts
 @dataclass(frozen=True)
 class Objective:
@@ -219,9 +257,7 @@ class SweepSpec:
         """JSON-simple form, stored with the study (``spec`` study user attribute)."""
         data = asdict(self)
         data["path"] = str(self.path)
-        data["space"] = [
-            {**asdict(p), "values": [[k, v] for k, v in p.values.items()]} for p in self.space
-        ]
+        data["space"] = [_param_dict(p) for p in self.space]
         return json.loads(json.dumps(data, default=list))
 
     def identity(self) -> dict[str, Any]:

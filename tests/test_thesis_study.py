@@ -1,0 +1,159 @@
+"""CI-sized smoke runs of the reproduction study (``sweeps/thesis_*.yaml``, docs/results.md).
+
+Every spec runs as users run it, ``convae sweep SPEC`` in a folder holding ``conf/`` and
+``sweeps/``, on the embedded corpus cut to one short epoch per trial by the extra fit arguments
+after ``--`` (docs/sweeps.md). ``--n-trials`` = the number of conditions runs each condition once,
+with the spec's first seed (grid runs go seeds outermost). Table 3 and Table 5 take Table 2's and
+Table 4's checkpoints through their trial references, so those studies run first, in the same
+folder, and every test shares the runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import cli_env
+from optuna.trial import TrialState
+from sweep_helpers import REPO
+
+from convae_lightning.sweeps.parse import load_spec
+from convae_lightning.sweeps.space import condition_id, grid_conditions
+from convae_lightning.sweeps.storage import open_storage
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SPECS = ("thesis_table2", "thesis_table3", "thesis_table4", "thesis_table5", "thesis_figure3")
+#: Studies whose checkpoints a spec's trial references take.
+NEEDS = {"thesis_table3": "thesis_table2", "thesis_table5": "thesis_table4"}
+#: One training and one evaluation batch of 8, no sanity check, CSV logs only: seconds a trial.
+SMOKE = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "1",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.num_sanity_val_steps", "0",
+    "--data.train_per_class", "5",
+    "--data.eval_per_class", "3",
+    "--data.batch_size", "8",
+    "--trainer.logger",
+    json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                 "init_args": {"save_dir": "runs"}}]),
+]  # fmt: skip
+#: The CLI key of each spec's trial reference and the study it refers to.
+REFERENCES = {
+    "thesis_table3": ("model.init_args.encoder_checkpoint", "thesis_table2"),
+    "thesis_table5": ("model.init_args.autoencoder_checkpoint", "thesis_table4"),
+}
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def study_folder(path: Path) -> Path:
+    """A folder like a checkout: the repository's ``conf/`` and ``sweeps/``, no ``runs/``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("conf", "sweeps"):
+        (path / name).symlink_to(REPO / name)
+    return path
+
+
+class Study:
+    """Runs each spec once (its referred studies first) and keeps the output for every test."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder, self.env = folder, env
+        self.outputs: dict[str, tuple[int, str]] = {}
+
+    def conditions(self, name: str) -> list[str]:
+        with working_directory(self.folder):
+            return [condition_id(c) for c in grid_conditions(load_spec(f"sweeps/{name}.yaml"))]
+
+    def run(self, name: str) -> tuple[int, str]:
+        if name not in self.outputs:
+            if name in NEEDS:
+                self.run(NEEDS[name])
+            command = [
+                str(BIN / "convae"), "sweep", f"sweeps/{name}.yaml",
+                "--n-trials", str(len(self.conditions(name))), "--workers", "2", "--", *SMOKE,
+            ]  # fmt: skip
+            result = subprocess.run(
+                command, cwd=self.folder, env=self.env, capture_output=True, text=True,
+                timeout=900,
+            )  # fmt: skip
+            self.outputs[name] = (result.returncode, result.stdout + result.stderr)
+        return self.outputs[name]
+
+    def trials(self, name: str) -> list[optuna.trial.FrozenTrial]:
+        storage = open_storage(str(self.folder / "runs" / name / "journal.log"))
+        return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.fixture(scope="module")
+def env(cli_cache) -> dict[str, str]:
+    return {**cli_env(cli_cache), "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, env) -> Study:
+    return Study(study_folder(tmp_path_factory.mktemp("study")), env)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_condition_of_the_thesis_spec_completes_with_a_finite_objective(study, name):
+    code, output = study.run(name)
+    conditions = study.conditions(name)
+    assert code == 0, output[-4000:]
+    assert f"{len(conditions)}/{len(conditions)} runs complete, 0 failed" in output
+    trials = study.trials(name)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["condition"] for t in complete) == sorted(conditions)
+    for trial in complete:
+        assert trial.user_attrs["seed"] == 0
+        assert math.isfinite(trial.value), trial.user_attrs["condition"]
+        assert (study.folder / trial.user_attrs["run_dir"] / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_trial_references_take_the_checkpoint_of_the_referred_run_of_the_same_seed(study, name):
+    key, other = REFERENCES[name]
+    assert study.run(name)[0] == 0
+    ran = [t for t in study.trials(other) if "run_dir" in t.user_attrs]  # not seeds 1, 2
+    upstream = {(study.folder / t.user_attrs["run_dir"]).resolve(): t for t in ran}
+    referring = [t for t in study.trials(name) if key in t.params]
+    assert referring, f"no {name} trial used {key}"
+    for trial in referring:
+        args = trial.user_attrs["fit_args"]
+        path = Path(args[args.index(f"--{key}") + 1])
+        assert path.is_file()
+        source = upstream[path.parents[1]]  # runs/<other>/trial_N/checkpoints/x.ckpt
+        assert source.params["seed_everything"] == trial.params["seed_everything"]
+        assert source.state == TrialState.COMPLETE
+
+
+def test_a_referring_spec_is_checked_before_the_referred_study_exists(tmp_path, env):
+    """Table 5's dry run builds every classifier on a stand-in of each referred autoencoder."""
+    folder = study_folder(tmp_path / "fresh")
+    result = subprocess.run(
+        [str(BIN / "convae"), "sweep", "sweeps/thesis_table5.yaml", "--dry-run"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "24 conditions x 3 seed(s) (0, 1, 2) = 72 runs" in result.stdout
+    assert "<checkpoints/last.ckpt of thesis_table4 trial config=regular," in result.stdout
+    assert not (folder / "runs").exists()
