@@ -205,7 +205,7 @@ def main(
     batch_sizes: list[int] = [256, 1024],  # noqa: B006
     steps: int = 20,
     warmup: int = 5,
-    rounds: int = 3,
+    rounds: int = 2,
     smoke: bool = False,
     out: Path | None = None,
 ) -> dict:

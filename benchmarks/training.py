@@ -95,7 +95,9 @@ def measure_model(
     (``cpu`` or ``cuda``; ``benchmarks/gpu.py`` measures the GPU)."""
     ours, plain, loss_fn = MODELS[name]
     batches = make_batches(4, batch_size)
-    flops = training_flops(plain(), loss_fn, batches[0]) / batch_size
+    # FLOPs are linear in the batch: count them on a few samples, on the CPU.
+    few = tuple(t[:4] for t in batches[0])
+    flops = training_flops(plain(), loss_fn, few) / len(few[0])
     batches = [tuple(t.to(device) for t in batch) for batch in batches]
     device_type = torch.device(device).type
     autocast = (
