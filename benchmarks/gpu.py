@@ -139,6 +139,14 @@ def fit_section(device: str, smoke: bool) -> tuple[str, dict]:
 
     from convae_lightning.data import TimitDataModule
 
+    class TrainingDevice(pl.Callback):
+        """Where the weights were while training ran (Lightning moves them back afterwards)."""
+
+        device = "?"
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.device = next(pl_module.parameters()).device.type
+
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     hold = "device" if accelerator == "gpu" else "memory"
     results, rows = {}, []
@@ -158,7 +166,10 @@ def fit_section(device: str, smoke: bool) -> tuple[str, dict]:
             pl.seed_everything(0, verbose=False)
             model = build()
             before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+            seen = TrainingDevice()
+            options = dict(extra)
             trainer = pl.Trainer(
+                callbacks=[seen, *options.pop("callbacks", [])],
                 **{
                     "accelerator": accelerator,
                     "devices": 1,
@@ -170,8 +181,8 @@ def fit_section(device: str, smoke: bool) -> tuple[str, dict]:
                     "enable_progress_bar": False,
                     "enable_model_summary": False,
                     "default_root_dir": tmp,
-                    **extra,
-                }
+                    **options,
+                },
             )
             start = time.perf_counter()
             trainer.fit(model, datamodule=dm)
@@ -182,7 +193,7 @@ def fit_section(device: str, smoke: bool) -> tuple[str, dict]:
             bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
             after = [p.detach().cpu() for p in model.parameters() if p.requires_grad]
             moved = any(not torch.equal(a.cpu(), b) for a, b in zip(before, after, strict=False))
-            where = next(model.parameters()).device.type
+            where = seen.device
             if bad or not moved or not metrics:
                 raise RuntimeError(
                     f"{name} on {device}: non-finite metrics {bad}, weights moved: {moved}, "
@@ -196,7 +207,7 @@ def fit_section(device: str, smoke: bool) -> tuple[str, dict]:
             }
             shown = ", ".join(f"{k} {v:.3g}" for k, v in sorted(metrics.items())[:3])
             rows.append((name, trainer.current_epoch, trainer.global_step, where, seconds, shown))
-    header = ("model", "epochs", "steps", "weights on", "seconds", "metrics (first 3, finite)")
+    header = ("model", "epochs", "steps", "trained on", "seconds", "metrics (first 3, finite)")
     return table(header, rows), results
 
 
