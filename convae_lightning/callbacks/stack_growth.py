@@ -207,7 +207,7 @@ class StackGrowth(EarlyStopping):
         metrics[f"{stage}/epochs"] = float(self.epochs_in_unit)
         metrics[f"{stage}/best_epoch"] = float(self.unit_best_epoch)
         # As Lightning's own rows carry it.
-        metrics["epoch"] = float(trainer.current_epoch if epoch is None else epoch)
+        metrics["epoch"] = trainer.current_epoch if epoch is None else epoch  # an int, as there
         for logger in trainer.loggers:  # after validation, where LightningModule.log is closed
             logger.log_metrics(metrics, step=trainer.global_step)
 
