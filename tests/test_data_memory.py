@@ -17,6 +17,25 @@ from convae_lightning.models import ConvAutoencoder, ForwardClassifier
 SMALL_ARCH = {"conv_channels": (4, 4, 8, 16)}
 
 
+def train_small(dm: TimitDataModule, model_class: type, root, **trainer_args) -> pl.LightningModule:
+    """A small ``model_class`` trained 2 epochs of 5 batches from seed 0, on any accelerator."""
+    pl.seed_everything(0, verbose=False)
+    model = model_class(input_shape=dm.input_shape, **SMALL_ARCH)
+    trainer = pl.Trainer(
+        **{"accelerator": "cpu", **trainer_args},
+        max_epochs=2,
+        limit_train_batches=5,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(model, dm)
+    return model
+
+
 def _datamodule(toy_corpus, tmp_path, hold: str) -> TimitDataModule:
     dm = TimitDataModule(
         root=str(toy_corpus),
@@ -63,21 +82,7 @@ def test_memory_gives_the_batches_of_the_disk(toy_corpus, tmp_path):
 def test_training_from_memory_equals_training_from_disk(toy_corpus, tmp_path, model_class):
     weights = {}
     for hold in ("disk", "memory"):
-        dm = _datamodule(toy_corpus, tmp_path, hold)
-        pl.seed_everything(0, verbose=False)
-        model = model_class(input_shape=dm.input_shape, **SMALL_ARCH)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            max_epochs=2,
-            limit_train_batches=5,
-            limit_val_batches=2,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
-        trainer.fit(model, dm)
+        model = train_small(_datamodule(toy_corpus, tmp_path, hold), model_class, tmp_path)
         weights[hold] = {k: v.clone() for k, v in model.state_dict().items()}
     for name, value in weights["disk"].items():
         assert torch.equal(value, weights["memory"][name]), name

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from cli_helpers import CONF, STACK_CALLBACKS, STACKS, load_checkpoint, read_metrics, run_cli
 from conftest import TINY
-from test_data_memory import SMALL_ARCH, _datamodule
+from test_data_memory import _datamodule, train_small
 
 from convae_lightning.data.memory import TensorBatches
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
@@ -53,22 +52,9 @@ def test_gpu_training_from_device_held_features_equals_training_from_disk(
     weights = {}
     for hold in ("disk", "device"):
         dm = _datamodule(toy_corpus, tmp_path, hold)
-        pl.seed_everything(0, verbose=False)
-        model = model_class(input_shape=dm.input_shape, **SMALL_ARCH)
-        trainer = pl.Trainer(
-            accelerator="gpu",
-            devices=1,
-            deterministic=True,
-            max_epochs=2,
-            limit_train_batches=5,
-            limit_val_batches=2,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
+        model = train_small(
+            dm, model_class, tmp_path, accelerator="gpu", devices=1, deterministic=True
         )
-        trainer.fit(model, dm)
         if hold == "device":
             loader = dm.train_dataloader()
             assert isinstance(loader, TensorBatches) and loader.features.is_cuda
