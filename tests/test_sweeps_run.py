@@ -126,6 +126,7 @@ def test_two_local_workers_finish_the_grid_when_one_is_sigkilled(tmp_path, env):
     space = {"model.init_args.unpool": ["switch", "blind"],
              "model.init_args.decoder_relu": [True, False]}  # fmt: skip
     spec = write_spec(tmp_path, space=space, overrides={**TINY_OVERRIDES, "trainer.max_epochs": 2})
+    env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}  # the launcher's own split
     process = sweep_process(spec, tmp_path, env, "--workers", "2")
     journal = str(tmp_path / "runs/study/journal.log")
 
@@ -155,6 +156,9 @@ def test_two_local_workers_finish_the_grid_when_one_is_sigkilled(tmp_path, env):
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params
     logs = sorted(p.name for p in (tmp_path / "runs/study").glob("worker_*.log"))
     assert logs == ["worker_0.log", "worker_1.log"]
+    # The two workers split the cores instead of each starting a thread per core.
+    threads = {t.user_attrs["threads"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
 
 
 def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, env):

@@ -5,10 +5,16 @@ A worker is ``python -m convae_lightning.sweeps SPEC --storage URL --study-name 
 their own sessions, with their output in ``runs/<study>/worker_<k>.log``; this process reports
 finished trials as they land in the storage, forwards Ctrl-C to the workers once (they record the
 running trials as interrupted and exit) and kills them on a second Ctrl-C.
+
+The workers share the machine's cores: each gets ``cores // workers`` intra-op threads
+(``OMP_NUM_THREADS``, which torch reads at start-up) unless the user set ``OMP_NUM_THREADS``.
+Without the split, N workers each start as many threads as there are cores and oversubscribe them
+(benchmarks/sweeps.py measures the difference).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +27,7 @@ from optuna.trial import FrozenTrial
 
 from convae_lightning.sweeps.runner import Progress, StopSweep, Sweep, progress
 
-__all__ = ["run_local_workers", "worker_command"]
+__all__ = ["run_local_workers", "worker_command", "worker_environment"]
 
 #: Seconds between looks at the storage for finished trials.
 REPORT_EVERY_S = 2.0
@@ -34,6 +40,15 @@ def worker_command(sweep: Sweep) -> list[str]:
     if sweep.n_trials is not None:
         command += ["--n-trials", str(sweep.n_trials)]
     return [*command, "--", *sweep.extra_args] if sweep.extra_args else command
+
+
+def worker_environment(workers: int) -> dict[str, str]:
+    """The workers' environment: this one, with the cores split between the workers."""
+    environment = dict(os.environ)
+    if "OMP_NUM_THREADS" not in environment:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        environment["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // workers))
+    return environment
 
 
 def run_local_workers(
@@ -52,7 +67,7 @@ def run_local_workers(
     Raises:
         StopSweep: after Ctrl-C, once the workers have stopped.
     """
-    command = worker_command(sweep)
+    command, environment = worker_command(sweep), worker_environment(workers)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     processes: list[tuple[subprocess.Popen, Path]] = []
     for index in range(workers):
@@ -64,6 +79,7 @@ def run_local_workers(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=environment,
                 start_new_session=True,  # Ctrl-C reaches them through us, once
             )
         processes.append((process, log_path))

@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback
 
 from convae_lightning.cli import ConvaeCLI
@@ -75,7 +76,12 @@ def fit_trial(context: TrialContext) -> TrialResult:
     # The CLI logs <metric>_best once the metric had a finite value: absent, there was none.
     best = float(metrics.get(best_key(metric), math.nan))
     value = best if spec.objective.value == "best" else final
-    attrs = {"metric_final": final, "metric_best": best, "epochs": cli.trainer.current_epoch}
+    attrs = {
+        "metric_final": final,
+        "metric_best": best,
+        "epochs": cli.trainer.current_epoch,
+        "threads": torch.get_num_threads(),  # a worker's share of the cores (launcher)
+    }
     return TrialResult(value=value, attrs=attrs)
 
 
