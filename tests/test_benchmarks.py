@@ -39,6 +39,7 @@ def _run(script: str, *args: str, tmp_path: Path, python: tuple[str, ...] = ()) 
         ("levers.py", "| conv | decoder 0 (8->1, 8x16) |", "levers.json"),
         ("data_path.py", "| forward | Trainer.fit, DataModule (memory) |", "data_path.json"),
         ("preprocess.py", "cold_phones_per_s", "preprocess.json"),
+        ("sweeps.py", ", median pruner |", "sweeps.json"),
     ],
 )
 def test_benchmark_smoke_mode(tmp_path, script, expected, written) -> None:
