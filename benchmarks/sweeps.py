@@ -186,7 +186,9 @@ def main(
         plans.append((f"1 worker x {cores} threads, median pruner", 1, pruner))
         for name, workers, chosen in plans:
             runs.append(_sweep(root, name, workers, fit_args, n_trials, chosen))
-            emit(f"done: {name} in {runs[-1].wall_s} s")
+            emit(f"done: {runs[-1]}")
+            partial = {"machine": machine(), "fit_args": fit_args, "runs": _dicts(runs)}
+            save(partial, out, "sweeps.json")  # a long run keeps what it measured
     base = runs[0]
     rows = [
         (
@@ -210,9 +212,13 @@ def main(
         "vs 1 worker", "best value", "epochs", "fewer epochs", "trial s", "less trial time",
     )  # fmt: skip
     emit(table(header, rows))
-    results = [asdict(r) for r in runs]
+    results = _dicts(runs)
     save({"machine": machine(), "fit_args": fit_args, "runs": results}, out, "sweeps.json")
     return results
+
+
+def _dicts(runs: list[SweepRun]) -> list[dict]:
+    return [asdict(r) for r in runs]
 
 
 if __name__ == "__main__":
