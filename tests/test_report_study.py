@@ -191,6 +191,27 @@ def test_storage_url_and_study_name_give_the_same_table(built, study_folder, cli
     assert runs_column.sub(",", ours) == runs_column.sub(",", (out / "table.csv").read_text())
 
 
+def test_a_copied_study_reports_its_own_runs(built, study_folder, cli_cache, tmp_path):
+    """A study copied without checkpoints (as docs/results/ keeps one) gives the same table from
+    its own runs, while the original folder still exists beside it."""
+    out, _ = built
+    copy = tmp_path / "results" / STUDY
+    shutil.copytree(
+        study_folder, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "report")
+    )
+    proc = report_cli([STUDY, "--reference", str(study_folder.parents[1] / "reference.md")],
+                      copy.parent, cli_cache)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = read_csv(copy / "report" / "table.csv")
+    original = read_csv(out / "table.csv")
+    assert len(ours) == len(original)
+    for mine, theirs in zip(ours, original, strict=True):
+        assert mine["runs"] and all(run.startswith("../trial_") for run in mine["runs"].split())
+        assert {k: v for k, v in mine.items() if k != "runs"} == {
+            k: v for k, v in theirs.items() if k != "runs"
+        }
+
+
 def test_run_globs_without_a_study(study_folder, cli_cache, tmp_path):
     """Plain run folders: rows are the keys that vary (the seed does not count)."""
     root = study_folder.parents[1]

@@ -228,15 +228,21 @@ def _folder_of(storage: str, study_name: str) -> Path | None:
 
 
 def _trial_run_dir(trial: TrialInfo, study: StudyInfo) -> Path | None:
-    """Where a trial's run is: ``run_dir_abs``, ``run_dir`` from here, or in the study folder."""
+    """Where a trial's run is: in the study folder being reported, else ``run_dir`` from here,
+    else ``run_dir_abs``.
+
+    The study folder comes first: a copy of a study (``docs/results/<study>/``, say) reports its
+    own runs even while the folder it was copied from still exists.
+    """
     attrs = trial.user_attrs
     candidates = []
-    if attrs.get("run_dir_abs"):
-        candidates.append(Path(attrs["run_dir_abs"]))
+    named = attrs.get("run_dir") or attrs.get("run_dir_abs")
+    if named and study.folder is not None:
+        candidates.append(study.folder / Path(named).name)
     if attrs.get("run_dir"):
         candidates.append(Path(attrs["run_dir"]))
-        if study.folder is not None:
-            candidates.append(study.folder / Path(attrs["run_dir"]).name)
+    if attrs.get("run_dir_abs"):
+        candidates.append(Path(attrs["run_dir_abs"]))
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
