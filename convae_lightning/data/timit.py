@@ -47,6 +47,10 @@ class CorpusError(ValueError):
         self.line = line
         self.reason = message
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its parts, not its message: the feature pass's workers send it back.
+        return type(self), (self.path, self.reason, self.line)
+
 
 @dataclass(frozen=True)
 class Utterance:

@@ -1,0 +1,276 @@
+"""The feature pass of the cache build: audio decoded once, patches written in fixed chunks.
+
+The utterances of each split are cut into chunks of consecutive utterances (about ``rows``
+phones each), and each chunk owns a fixed slice of rows of its split's ``{split}_x.npy``. A chunk is
+decoded, padded, transformed and written as one batch, with one ``pwrite``, by whichever process
+takes it: the parent alone (``workers=1``) or several worker processes writing disjoint slices of
+the same preallocated files. Chunks and the order their sums are added in do not depend on the
+number of workers, so a parallel build writes the same bytes as a serial one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import queue
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convae_lightning.data.features import FeatureConfig, PatchExtractor
+from convae_lightning.data.index import CorpusIndex, PaddingPlan
+from convae_lightning.data.timit import read_audio
+
+#: How long the parent waits for a worker's message before checking that the workers still live.
+_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive utterances of one split and the rows of ``path`` their kept phones fill.
+
+    ``starts``/``ends`` hold the kept phones of each utterance (samples at the feature rate);
+    ``offset`` is the byte offset of the chunk's first row in the ``.npy`` file.
+    """
+
+    split: str
+    path: Path
+    offset: int
+    rows: int
+    audio_paths: tuple[Path, ...]
+    starts: tuple[np.ndarray, ...]
+    ends: tuple[np.ndarray, ...]
+
+
+def allocate_rows(path: Path, shape: tuple[int, ...]) -> int:
+    """Create ``path`` as a float32 ``.npy`` of ``shape`` (sparse, not yet written) and return the
+    byte offset of its first row.
+
+    Rows are written with plain file I/O (``pwrite``), not through a memmap, which would count
+    every written page in the process's resident set: they go to the page cache, and peak RSS
+    stays near one chunk.
+    """
+    with open(path, "wb") as fh:
+        header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+        offset = fh.tell()
+        fh.truncate(offset + int(np.prod(shape)) * 4)
+    return offset
+
+
+def plan_chunks(
+    index: CorpusIndex,
+    plan: PaddingPlan,
+    files: dict[str, tuple[Path, int]],
+    row_bytes: int,
+    rows: int,
+) -> list[Chunk]:
+    """Cut every split's utterances, in cache order, into chunks of at least ``rows`` kept phones
+    (the last one of a split fewer); ``files`` maps each split to its ``.npy`` and data offset."""
+    chunks: list[Chunk] = []
+    for split, (path, offset) in files.items():
+        first = 0
+        pending: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        filled = 0
+        items = index.splits[split]
+        for position, item in enumerate(items):
+            keep = item.ends - item.starts <= plan.max_length
+            pending.append((item.utterance.audio_path, item.starts[keep], item.ends[keep]))
+            filled += int(keep.sum())
+            if filled >= rows or position == len(items) - 1:
+                paths, starts, ends = zip(*pending, strict=True)
+                chunks.append(
+                    Chunk(split, path, offset + first * row_bytes, filled, paths, starts, ends)
+                )
+                first += filled
+                pending, filled = [], 0
+    return chunks
+
+
+def extract_chunk(chunk: Chunk, extractor: PatchExtractor, segment_length: int) -> np.ndarray:
+    """Decode, pad, transform and write one chunk; return the float64 sum of its patches.
+
+    Each phone is zero-padded on both sides to ``segment_length`` samples, centred (thesis 2.1);
+    rows carry the STFT's side padding too, so the batch goes to the transform without a copy.
+
+    Raises:
+        CorpusError: naming the audio file that fails to decode (or holds non-finite samples).
+    """
+    config = extractor.config
+    sample_rate = config.sample_rate
+    pad = extractor.side_pad
+    batch = np.zeros((chunk.rows, segment_length + 2 * pad), dtype=np.float32)
+    row = 0
+    for path, starts, ends in zip(chunk.audio_paths, chunk.starts, chunk.ends, strict=True):
+        audio, rate = read_audio(path)
+        if rate != sample_rate:
+            import torchaudio  # only for resampling: the common path needs torch alone
+
+            audio = torchaudio.functional.resample(
+                torch.from_numpy(audio), rate, sample_rate
+            ).numpy()
+        offsets = pad + (segment_length - (ends - starts)) // 2
+        for start, end, at in zip(starts.tolist(), ends.tolist(), offsets.tolist(), strict=True):
+            piece = audio[start:end]
+            batch[row, at : at + len(piece)] = piece
+            row += 1
+    if not chunk.rows:  # every phone too long: the audio was still checked
+        return np.zeros(_width(config, segment_length), dtype=np.float64)
+    patches = extractor(torch.from_numpy(batch), prepadded=True).numpy()
+    data = memoryview(np.ascontiguousarray(patches, dtype="<f4")).cast("B")
+    fd = os.open(chunk.path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, chunk.offset)
+    finally:
+        os.close(fd)
+    # numpy adds the rows in order, one thread: the same bits whichever process runs the chunk.
+    return np.add.reduce(patches.reshape(chunk.rows, -1), axis=0, dtype=np.float64)
+
+
+def resolve_workers(workers: int | None, chunks: int) -> int:
+    """Processes for ``chunks`` chunks: ``workers``, or with ``None`` one per usable CPU core (at
+    most 8: beyond, the disk and the page cache rather than the CPU bound the build)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        workers = min(cores or 1, 8)
+    return max(1, min(workers, chunks))
+
+
+def write_chunks(
+    chunks: Sequence[Chunk],
+    features: FeatureConfig,
+    segment_length: int,
+    workers: int | None = None,
+    on_done: Callable[[Chunk], None] | None = None,
+) -> np.ndarray:
+    """Extract every chunk, in this process or in worker processes; return their sums, one row per
+    chunk (float64 ``(len(chunks), C * F * T)``). ``on_done`` is called as each chunk completes.
+
+    Raises:
+        CorpusError: the first audio file that failed to decode; the other workers are stopped.
+        RuntimeError: a worker process died without a word (killed, out of memory).
+    """
+    workers = resolve_workers(workers, len(chunks))
+    width = _width(features, segment_length)
+    if workers == 1:
+        extractor = PatchExtractor(features)
+        sums = np.zeros((len(chunks), width), dtype=np.float64)
+        for i, chunk in enumerate(chunks):
+            sums[i] = extract_chunk(chunk, extractor, segment_length)
+            if on_done is not None:
+                on_done(chunk)
+        return sums
+    return _write_in_workers(chunks, features, segment_length, workers, width, on_done)
+
+
+def _width(features: FeatureConfig, segment_length: int) -> int:
+    """Values in one patch, ``C * F * T``."""
+    return features.num_channels * features.num_bins * features.frames_for(segment_length)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork starts a worker in milliseconds (torch already imported); where fork is unsafe or
+    # missing (macOS, Windows), spawn.
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+def _write_in_workers(
+    chunks: Sequence[Chunk],
+    features: FeatureConfig,
+    segment_length: int,
+    workers: int,
+    width: int,
+    on_done: Callable[[Chunk], None] | None,
+) -> np.ndarray:
+    context = _context()
+    # Workers take the next chunk from a shared counter (a busy core takes fewer) and put their
+    # sums in shared memory; messages carry only (chunk, error), so a worker never blocks on a
+    # full pipe and, its parent gone, still runs out of chunks and exits.
+    next_chunk = context.Value("q", 0)
+    shared = context.RawArray("d", len(chunks) * width)
+    messages = context.Queue()
+    args = (chunks, features, segment_length, next_chunk, shared, messages)
+    processes = [
+        context.Process(target=_worker, args=args, daemon=True, name=f"convae-features-{n}")
+        for n in range(workers)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        remaining = len(chunks)
+        while remaining:
+            try:
+                i, error = messages.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                _check_alive(processes)
+                continue
+            if error is not None:
+                raise error
+            remaining -= 1
+            if on_done is not None:
+                on_done(chunks[i])
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+        messages.close()
+    return np.frombuffer(shared, dtype=np.float64).reshape(len(chunks), width).copy()
+
+
+def _check_alive(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """Raise if a worker died, or all ended while chunks are still unreported."""
+    dead = [p for p in processes if p.exitcode not in (None, 0)]
+    if dead or all(p.exitcode is not None for p in processes):
+        culprit = dead[0] if dead else processes[0]
+        raise RuntimeError(
+            f"feature worker {culprit.name} (pid {culprit.pid}) ended with exit code "
+            f"{culprit.exitcode} before every chunk was written"
+        )
+
+
+def _worker(
+    chunks: Sequence[Chunk],
+    features: FeatureConfig,
+    segment_length: int,
+    next_chunk: multiprocessing.sharedctypes.Synchronized,
+    shared: multiprocessing.sharedctypes.SynchronizedArray,
+    messages: multiprocessing.Queue,
+) -> None:
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    extractor = PatchExtractor(features)
+    sums = np.frombuffer(shared, dtype=np.float64).reshape(len(chunks), -1)
+    while True:
+        with next_chunk.get_lock():
+            i = next_chunk.value
+            next_chunk.value += 1
+        if i >= len(chunks):
+            return
+        try:
+            sums[i] = extract_chunk(chunks[i], extractor, segment_length)
+        except Exception as error:  # sent to the parent, which raises it
+            try:
+                pickle.dumps(error)
+            except Exception:  # an exception that cannot travel goes as its text
+                error = RuntimeError(f"{type(error).__name__}: {error}")
+            messages.put((i, error))
+            return
+        messages.put((i, None))
+
+
+__all__ = [
+    "Chunk",
+    "allocate_rows",
+    "extract_chunk",
+    "plan_chunks",
+    "resolve_workers",
+    "write_chunks",
+]
