@@ -15,7 +15,9 @@ import os
 import pickle
 import queue
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +153,9 @@ def write_chunks(
     on_done: Callable[[Chunk], None] | None = None,
 ) -> np.ndarray:
     """Extract every chunk, in this process or in worker processes; return their sums, one row per
-    chunk (float64 ``(len(chunks), C * F * T)``). ``on_done`` is called as each chunk completes.
+    chunk (float64 ``(len(chunks), C * F * T)``), once every file is on disk (``fsync``: the rename
+    that publishes a cache must not outrun its data). ``on_done`` is called as each chunk
+    completes.
 
     Raises:
         CorpusError: the first audio file that failed to decode; the other workers are stopped.
@@ -159,15 +163,53 @@ def write_chunks(
     """
     workers = resolve_workers(workers, len(chunks))
     width = _width(features, segment_length)
-    if workers == 1:
+    with _Syncer(chunks) as syncer:
+
+        def done(chunk: Chunk) -> None:
+            syncer.done(chunk)
+            if on_done is not None:
+                on_done(chunk)
+
+        if workers > 1:
+            return _write_in_workers(chunks, features, segment_length, workers, width, done)
         extractor = PatchExtractor(features)
         sums = np.zeros((len(chunks), width), dtype=np.float64)
         for i, chunk in enumerate(chunks):
             sums[i] = extract_chunk(chunk, extractor, segment_length)
-            if on_done is not None:
-                on_done(chunk)
+            done(chunk)
         return sums
-    return _write_in_workers(chunks, features, segment_length, workers, width, on_done)
+
+
+class _Syncer:
+    """Flushes each file to disk in a thread as soon as its last chunk is written, so that the
+    disk writes of one split overlap the extraction of the next; on exit, waits for all."""
+
+    def __init__(self, chunks: Sequence[Chunk]) -> None:
+        self.pending = Counter(chunk.path for chunk in chunks)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convae-fsync")
+        self.futures: list[Future] = []
+
+    def done(self, chunk: Chunk) -> None:
+        self.pending[chunk.path] -= 1
+        if not self.pending[chunk.path]:
+            self.futures.append(self.thread.submit(_fsync, chunk.path))
+
+    def __enter__(self) -> _Syncer:
+        return self
+
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=kind is not None)
+        if kind is None:
+            for future in self.futures:
+                future.result()  # an I/O error of a flush surfaces here
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _width(features: FeatureConfig, segment_length: int) -> int:

@@ -34,7 +34,7 @@ from convae_lightning.data.timit import (
     audio_info,
     find_utterances,
     read_audio,
-    read_phones,
+    read_phone_table,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,13 @@ def _check_audio(utterance: Utterance, decode: bool) -> AudioInfo:
     return AudioInfo(rate, len(audio))
 
 
+def _rescale(samples: np.ndarray, rate: int, corpus_rate: int) -> np.ndarray:
+    """Sample offsets at ``corpus_rate`` moved to ``rate``, rounded half to even (``round``)."""
+    if rate == corpus_rate:
+        return samples
+    return np.rint(samples * (rate / corpus_rate)).astype(np.int64)
+
+
 def index_corpus(
     root: str | os.PathLike,
     options: CorpusOptions | None = None,
@@ -210,15 +217,16 @@ def index_utterances(
                     utterance.audio_path,
                     f"sample rate {info.sample_rate} Hz differs from the corpus's {corpus_rate} Hz",
                 )
-            phones = read_phones(utterance.phn_path, info.num_samples)  # type: ignore[arg-type]
+            phn_path: Path = utterance.phn_path  # type: ignore[assignment]  # checked above
+            starts, ends, names = read_phone_table(phn_path, info.num_samples)
         except CorpusError as error:
             skip(error)
             continue
-        kept = [p for p in phones if MAP_61_TO_48[p.label] is not None]
-        scale = sample_rate / info.sample_rate
-        starts = np.array([round(p.start * scale) for p in kept], dtype=np.int64)
-        ends = np.array([round(p.end * scale) for p in kept], dtype=np.int64)
-        labels = np.array([CLASS_INDEX_48[MAP_61_TO_48[p.label]] for p in kept], dtype=np.int64)
+        classes = [MAP_61_TO_48[name] for name in names]  # None: deleted (q)
+        kept = np.array([c is not None for c in classes], dtype=bool)
+        labels = np.array([CLASS_INDEX_48[c] for c in classes if c is not None], dtype=np.int64)
+        starts = _rescale(starts[kept], sample_rate, info.sample_rate)
+        ends = _rescale(ends[kept], sample_rate, info.sample_rate)
         indexed[utterance] = IndexedUtterance(utterance, info.sample_rate, starts, ends, labels)
     if not indexed:
         raise CorpusError(root, "no valid utterances left after validation")

@@ -222,12 +222,6 @@ def _write_features(
             workers,
             lambda chunk: bar.advance(tasks[chunk.split], len(chunk.audio_paths)),
         )
-    for path, _ in files.values():  # the rename that publishes the cache must follow the data
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     total = np.zeros(sums.shape[1], dtype=np.float64)
     for chunk, chunk_sum in zip(chunks, sums, strict=True):  # in chunk order: same bits always
         if chunk.split == "train":
