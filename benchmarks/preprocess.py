@@ -11,7 +11,9 @@ all features at float32.
     python benchmarks/preprocess.py --smoke true    # seconds, for CI (no timing meaning)
 
 The cold build runs as ``convae data prepare`` does, with the allocator tuned
-(``convae_lightning.allocator``), and once more with glibc's defaults.
+(``convae_lightning.allocator``) and its default worker processes (one per core), then once more
+with glibc's defaults, and once in one process (``prepare_workers=1``). CPU seconds count the
+build's process and its workers.
 """
 
 from __future__ import annotations
@@ -36,9 +38,16 @@ if sys.argv[3] == "tuned":
     from convae_lightning.allocator import tune_malloc
     tune_malloc()  # what the console scripts (convae data prepare) do first
 from convae_lightning.data import TimitDataModule
+
+def cpu():  # this process and its finished children (the build's workers)
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
 imported = time.perf_counter()
+imported_cpu = cpu()
 imported_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-dm = TimitDataModule(root=sys.argv[1], cache_dir=sys.argv[2], progress=False)
+kwargs = {} if sys.argv[4] == "default" else {"prepare_workers": int(sys.argv[4])}
+dm = TimitDataModule(root=sys.argv[1], cache_dir=sys.argv[2], progress=False, **kwargs)
 dm.prepare_data()
 dm.setup()
 loaded = time.perf_counter()
@@ -46,6 +55,7 @@ x = dm.datasets["train"].features
 checksum = float(x[:256].sum())  # touch one batch of the memmap
 print(json.dumps({
     "seconds": loaded - imported,
+    "cpu_seconds": cpu() - imported_cpu,
     "import_seconds": imported - t0,
     "phones": sum(dm.meta["kept"].values()) + sum(dm.meta["discarded"].values()),
     "kept": sum(dm.meta["kept"].values()),
@@ -57,10 +67,11 @@ print(json.dumps({
 """
 
 
-def run_child(code: str, *args: str, tuned_malloc: bool = True) -> str:
+def run_child(code: str, *args: str, tuned_malloc: bool = True, workers: int | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    malloc = "tuned" if tuned_malloc else "default"
     out = subprocess.run(
-        [sys.executable, "-c", code, *args, "tuned" if tuned_malloc else "default"],
+        [sys.executable, "-c", code, *args, malloc, "default" if workers is None else str(workers)],
         check=True,
         capture_output=True,
         text=True,
@@ -137,6 +148,8 @@ def main(
         cached = json.loads(run_child(CHILD, str(root), str(cache)))
         shutil.rmtree(cache)
         cold_default = json.loads(run_child(CHILD, str(root), str(cache), tuned_malloc=False))
+        shutil.rmtree(cache)
+        serial = json.loads(run_child(CHILD, str(root), str(cache), workers=1))
     shape = cold["input_shape"]
     feature_mb = cold["kept"] * int(np.prod(shape)) * 4 / 2**20
     segment_length = 272 + (shape[-1] - 1) * 152
@@ -149,12 +162,18 @@ def main(
         "corpus_generation_s": round(gen_seconds, 1),
         "cold_s": round(cold["seconds"], 2),
         "cold_phones_per_s": round(cold["phones"] / cold["seconds"]),
+        "cold_cpu_s": round(cold["cpu_seconds"], 2),
+        "cold_phones_per_cpu_s": round(cold["phones"] / cold["cpu_seconds"]),
+        "cold_one_process_s": round(serial["seconds"], 2),
+        "cold_one_process_phones_per_s": round(cold["phones"] / serial["seconds"]),
+        "cold_one_process_cpu_s": round(serial["cpu_seconds"], 2),
         "cold_default_malloc_s": round(cold_default["seconds"], 2),
         "cold_default_malloc_phones_per_s": round(cold["phones"] / cold_default["seconds"]),
         "cached_s": round(cached["seconds"], 3),
         "cached_phones_per_s": round(cached["phones"] / cached["seconds"]),
         "stft_only_segments_per_s": round(stft),
         "cold_vs_stft_ratio": round(cold["phones"] / cold["seconds"] / stft, 3),
+        "cold_one_process_vs_stft_ratio": round(cold["phones"] / serial["seconds"] / stft, 3),
         "cached_speedup": round(cold["seconds"] / cached["seconds"], 1),
         "features_mb": round(feature_mb, 1),
         "peak_rss_cold_mb": round(cold["peak_rss_mb"], 1),
