@@ -1,9 +1,10 @@
 """From a TIMIT-layout corpus to cached, memory-mapped spectrogram patches.
 
 Two passes keep peak memory far below the size of the features: the first
-(:func:`~convae_lightning.data.index.index_corpus`) validates every file, keeping only phone
-boundaries, and decides which phones are kept and the patch width; the second reads audio utterance
-by utterance and streams patches into ``.npy`` files. The cache is built in a temporary folder and
+(:func:`~convae_lightning.data.index.index_utterances`) validates every ``.PHN`` file and audio
+header, keeping only phone boundaries, and decides which phones are kept and the patch width; the
+second (:mod:`~convae_lightning.data.extract`) decodes each audio file once, in chunks of
+utterances spread over worker processes, and streams patches into preallocated ``.npy`` files. The cache is built in a temporary folder and
 renamed into place only when complete, so an interrupted run never leaves a cache that a later run
 trusts.
 """
@@ -147,30 +148,12 @@ def build_cache(
     final = cache_dir / key
     if (final / "meta.json").is_file():
         return final
-    # The index reads audio headers only; the feature pass decodes every file once. A file that
-    # fails only there is skipped (on_error="skip") by indexing again without it.
-    audio_errors: dict[Path, CorpusError] = {}
-    audio_paths = {u.audio_path for u in utterances}
-    while True:
-        index = index_utterances(
-            root, utterances, options, features.sample_rate, False, audio_errors
-        )
-        plan = plan_padding(index, features, options)
-        tmp = _start_build(cache_dir, key)
-        try:
-            meta = _write_features(index, plan, features, tmp, progress, batch_size, workers)
-        except CorpusError as error:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if options.on_error == "raise" or error.path not in audio_paths:
-                raise
-            audio_errors[error.path] = error
-            continue
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        break
-    warn_skipped(index.skipped)
+    tmp = _start_build(cache_dir, key)
     try:
+        index, meta = _index_and_write(
+            root, utterances, features, options, tmp, progress, batch_size, workers
+        )
+        warn_skipped(index.skipped)
         meta.update(
             key=key,
             root=str(root),
@@ -189,6 +172,39 @@ def build_cache(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _index_and_write(
+    root: Path,
+    utterances: Sequence[Utterance],
+    features: FeatureConfig,
+    options: CorpusOptions,
+    out_dir: Path,
+    progress: bool,
+    batch_size: int,
+    workers: int | None,
+) -> tuple[CorpusIndex, dict]:
+    """Index the corpus and write its features into ``out_dir``; return the index and the meta.
+
+    The index reads audio headers only and the feature pass decodes every file, once. A file
+    that fails only there (frames that do not decode, NaN samples) is, with ``on_error="skip"``,
+    left out by indexing and writing again without it, as the full-decode index would have.
+    """
+    audio_paths = {u.audio_path for u in utterances}
+    audio_errors: dict[Path, CorpusError] = {}
+    while True:
+        index = index_utterances(
+            root, utterances, options, features.sample_rate, decode=False, audio_errors=audio_errors
+        )
+        plan = plan_padding(index, features, options)
+        try:
+            meta = _write_features(index, plan, features, out_dir, progress, batch_size, workers)
+            return index, meta
+        except CorpusError as error:
+            found_by_decoding = error.path in audio_paths and error.path not in audio_errors
+            if options.on_error == "raise" or not found_by_decoding:
+                raise
+            audio_errors[error.path] = error
 
 
 def _write_features(
