@@ -70,6 +70,29 @@ print(json.dumps({
 }))
 """
 
+PROFILE = """
+import cProfile, inspect, json, pstats, sys, time
+import torch
+from convae_lightning.allocator import tune_malloc
+tune_malloc()
+torch.set_num_threads(1)  # as each process of a parallel build runs
+from convae_lightning.data.prepare import build_cache
+kwargs = {"workers": 1} if "workers" in inspect.signature(build_cache).parameters else {}
+profiler = cProfile.Profile(time.process_time)  # CPU time: what a loaded machine distorts least
+start = time.process_time()
+profiler.runcall(build_cache, sys.argv[1], sys.argv[2], progress=False, **kwargs)
+total = time.process_time() - start
+rows = sorted(
+    ((tt, f"{file.rsplit('/', 1)[-1]}:{name}", calls)
+     for (file, _, name), (_, calls, tt, _, _) in pstats.Stats(profiler).stats.items()),
+    reverse=True,
+)
+print(json.dumps({"cpu_seconds": total, "top": [
+    {"function": name, "calls": calls, "cpu_s": round(tt, 3), "share": round(tt / total, 3)}
+    for tt, name, calls in rows[:12]
+]}))
+"""
+
 
 def run_child(code: str, *args: str, tuned_malloc: bool = True, workers: int | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
@@ -152,6 +175,7 @@ def main(
     smoke: bool = False,
     out: Path | None = None,
     repeats: int = 1,
+    profile: bool = False,
 ) -> dict:
     """Build the cache cold (default and tuned malloc), load it cached, print the results.
 
@@ -165,6 +189,8 @@ def main(
             set, else ``benchmarks/out/preprocess.json``).
         repeats: Cold builds of each kind; the fastest counts (CPU seconds: the least), the way
             to measure on a machine that others load.
+        profile: Also profile a one-process cold build (cProfile, CPU time, one torch thread as
+            in each worker) and print the functions that took the most CPU.
     """
     if corpus not in ("toy", "festival"):
         raise ValueError(f"corpus must be 'toy' or 'festival', got {corpus!r}")
@@ -177,6 +203,9 @@ def main(
         cold_default = cold_builds(root, cache, repeats, tuned_malloc=False)
         cold = cold_builds(root, cache, repeats)
         cached = json.loads(run_child(CHILD, str(root), str(cache)))
+        if profile:
+            shutil.rmtree(cache)
+            profiled = json.loads(run_child(PROFILE, str(root), str(cache)))
     shape = cold["input_shape"]
     feature_mb = cold["kept"] * int(np.prod(shape)) * 4 / 2**20
     segment_length = 272 + (shape[-1] - 1) * 152
@@ -224,9 +253,18 @@ def main(
     if not smoke or os.environ.get("OUT"):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
+    if profile:
+        result["profile_cpu_s"] = round(profiled["cpu_seconds"], 2)
+        result["profile_top"] = profiled["top"]
     width = max(map(len, result))
     for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
+        if key != "profile_top":
+            print(f"{key:<{width}}  {value}")
+    if profile:
+        print("\n| function (one-process cold build, CPU time) | calls | CPU s | share |")
+        print("|---|---|---|---|")
+        for row in profiled["top"]:
+            print(f"| `{row['function']}` | {row['calls']} | {row['cpu_s']} | {row['share']:.1%} |")
     return result
 
 
