@@ -4,9 +4,9 @@ Two passes keep peak memory far below the size of the features: the first
 (:func:`~convae_lightning.data.index.index_utterances`) validates every ``.PHN`` file and audio
 header, keeping only phone boundaries, and decides which phones are kept and the patch width; the
 second (:mod:`~convae_lightning.data.extract`) decodes each audio file once, in chunks of
-utterances spread over worker processes, and streams patches into preallocated ``.npy`` files. The cache is built in a temporary folder and
-renamed into place only when complete, so an interrupted run never leaves a cache that a later run
-trusts.
+utterances spread over worker processes, and streams patches into preallocated ``.npy`` files.
+The cache is built in a temporary folder and renamed into place only when complete, so an
+interrupted run never leaves a cache that a later run trusts.
 """
 
 from __future__ import annotations
