@@ -3,9 +3,9 @@
 The utterances of each split are cut into chunks of consecutive utterances (about ``rows``
 phones each), and each chunk owns a fixed slice of rows of its split's ``{split}_x.npy``. A chunk is
 decoded, padded, transformed and written as one batch, with one ``pwrite``, by whichever process
-takes it: the parent alone (``workers=1``) or several worker processes writing disjoint slices of
-the same preallocated files. Chunks and the order their sums are added in do not depend on the
-number of workers, so a parallel build writes the same bytes as a serial one.
+takes it: the building process alone (``workers=1``), or it and forked workers writing disjoint
+slices of the same preallocated files. Chunks and the order their sums are added in do not depend
+on the number of workers, so a parallel build writes the same bytes as a serial one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -323,6 +324,8 @@ def _worker(
     shared: multiprocessing.sharedctypes.SynchronizedArray,
     messages: multiprocessing.Queue,
 ) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # one core per process: the processes are the parallelism
     extractor = PatchExtractor(features)
     sums = np.frombuffer(shared, dtype=np.float64).reshape(len(chunks), -1)
