@@ -81,8 +81,8 @@ def prepare(
         on_error: raise on the first bad file, or skip bad files, each one listed (and in
             skipped.tsv in the cache folder).
         seed: seed of the validation-speaker choice.
-        workers: processes extracting features (default: one per CPU core, at most 8; 1: this
-            process only). The cache is the same whatever the count.
+        workers: processes extracting features (default: one per CPU core, at most 8, one for
+            a small corpus; 1: this process only). The cache is the same whatever the count.
     """
     datamodule = TimitDataModule(
         root=root,

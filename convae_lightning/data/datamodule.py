@@ -155,8 +155,8 @@ class TimitDataModule(pl.LightningDataModule):
         seed: seed of the per-epoch resampling and of the validation-speaker choice.
         progress: show a progress bar while building the cache.
         prepare_workers: processes that extract features while building the cache: ``None``
-            uses one per CPU core (at most 8), 1 builds in this process. The cache is the same
-            bytes whatever the count (not part of its key).
+            uses one per CPU core (at most 8; one for a small corpus), 1 builds in this process
+            alone. The cache is the same bytes whatever the count (not part of its key).
 
     Raises:
         ValueError: for a bad value, or ``val_fraction: 0`` with ``val_split: val`` under the
