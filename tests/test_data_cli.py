@@ -60,6 +60,7 @@ def runs(cli_corpus, tmp_path_factory) -> dict[str, tuple]:
         "stats": (["stats", root], base / "stats_env"),
         "json": (["stats", root, "--json_output", "true"], base / "json_env"),
         "prepare": (["prepare", root, "--cache_dir", str(base / "explicit")], base / "env"),
+        "serial": (["prepare", root, "--workers", "1", "--cache_dir", str(base / "serial")], base),
         "bad_root": (["stats", str(base / "no_such_corpus")], base / "bad_env"),
     }
     procs = {name: convae(*args, cache=env) for name, (args, env) in commands.items()}
@@ -123,6 +124,19 @@ def test_prepare_builds_the_cache(runs):
             f"{split}: {meta['kept'][split]} phones kept, {meta['discarded'][split]} discarded"
             in out
         )
+
+
+@pytest.mark.slow
+def test_prepare_with_one_worker_writes_the_same_cache(runs):
+    """The default build runs worker processes (one per core); --workers 1 builds in-process."""
+    for name in ("prepare", "serial"):
+        assert runs[name][0] == 0, runs[name][2]
+    base = runs["serial"][3]
+    (serial,) = (base / "serial").glob("*/meta.json")
+    (default,) = (base / "explicit").glob("*/meta.json")
+    assert serial.parent.name == default.parent.name
+    for path in default.parent.iterdir():
+        assert path.read_bytes() == (serial.parent / path.name).read_bytes(), path.name
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from convae_lightning.data.timit import (
     audio_info,
     find_utterances,
     read_audio,
+    read_phone_table,
     read_phones,
 )
 from convae_lightning.synth.layout import write_audio
@@ -143,6 +144,9 @@ def test_read_phones_parses_offsets_labels_and_tolerates_gaps(tmp_path):
         Segment(260, 400, "q"),
         Segment(400, 520, "zh"),
     ]
+    starts, ends, labels = read_phone_table(phn, num_samples=520)  # the cache build's reader
+    assert starts.tolist() == [0, 100, 260, 400] and ends.tolist() == [100, 250, 400, 520]
+    assert labels == ["h#", "ax-h", "q", "zh"] and starts.dtype == ends.dtype == np.int64
 
 
 @pytest.mark.parametrize(
@@ -159,18 +163,20 @@ def test_read_phones_parses_offsets_labels_and_tolerates_gaps(tmp_path):
         ("0 100 h#\n100 200 sil\n", 2, "unknown phone label 'sil'"),
     ],
 )
-def test_bad_phn_lines_name_file_and_line(tmp_path, content, line, message):
+@pytest.mark.parametrize("reader", [read_phones, read_phone_table])
+def test_bad_phn_lines_name_file_and_line(tmp_path, content, line, message, reader):
     phn = tmp_path / "SX9.PHN"
     phn.write_text(content)
     with pytest.raises(CorpusError, match=re.escape(f"{phn}:{line}: ") + ".*" + re.escape(message)):
-        read_phones(phn, num_samples=1000)
+        reader(phn, num_samples=1000)
 
 
-def test_empty_phn_is_an_error(tmp_path):
+@pytest.mark.parametrize("reader", [read_phones, read_phone_table])
+def test_empty_phn_is_an_error(tmp_path, reader):
     phn = tmp_path / "SX9.PHN"
     phn.write_text("\n")
     with pytest.raises(CorpusError, match=re.escape(f"{phn}: no phone segments")):
-        read_phones(phn)
+        reader(phn)
 
 
 def test_truncated_sphere_is_detected(tmp_path):

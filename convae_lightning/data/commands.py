@@ -64,6 +64,7 @@ def prepare(
     deltas: int = 0,
     on_error: OnError = "raise",
     seed: int = 0,
+    workers: int | None = None,
 ) -> None:
     """Build the feature cache of a corpus (what a training run's prepare_data does).
 
@@ -80,6 +81,8 @@ def prepare(
         on_error: raise on the first bad file, or skip bad files, each one listed (and in
             skipped.tsv in the cache folder).
         seed: seed of the validation-speaker choice.
+        workers: processes extracting features (default: one per CPU core, at most 8, one for
+            a small corpus; 1: this process only). The cache is the same whatever the count.
     """
     datamodule = TimitDataModule(
         root=root,
@@ -93,6 +96,7 @@ def prepare(
         deltas=deltas,
         on_error=on_error,
         seed=seed,
+        prepare_workers=workers,
     )
     datamodule.prepare_data()
     datamodule.setup()

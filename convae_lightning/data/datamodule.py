@@ -154,6 +154,9 @@ class TimitDataModule(pl.LightningDataModule):
         on_error: ``raise`` on the first bad corpus file, or ``skip`` bad files with a warning.
         seed: seed of the per-epoch resampling and of the validation-speaker choice.
         progress: show a progress bar while building the cache.
+        prepare_workers: processes that extract features while building the cache: ``None``
+            uses one per CPU core (at most 8; one for a small corpus), 1 builds in this process
+            alone. The cache is the same bytes whatever the count (not part of its key).
 
     Raises:
         ValueError: for a bad value, or ``val_fraction: 0`` with ``val_split: val`` under the
@@ -187,6 +190,7 @@ class TimitDataModule(pl.LightningDataModule):
         on_error: OnError = "raise",
         seed: int = 0,
         progress: bool = True,
+        prepare_workers: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -194,6 +198,7 @@ class TimitDataModule(pl.LightningDataModule):
             ("train_per_class", train_per_class),
             ("eval_per_class", eval_per_class),
             ("batch_size", batch_size),
+            ("prepare_workers", 1 if prepare_workers is None else prepare_workers),
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -270,7 +275,12 @@ class TimitDataModule(pl.LightningDataModule):
             hint = "" if self.hparams.root else " (the embedded corpus is missing from the package)"
             raise FileNotFoundError(f"data.root {str(self.root)!r} does not exist{hint}")
         return build_cache(
-            self.root, self.cache_dir, self.features, self.options, progress=self.hparams.progress
+            self.root,
+            self.cache_dir,
+            self.features,
+            self.options,
+            progress=self.hparams.progress,
+            workers=self.hparams.prepare_workers,
         )
 
     def _load_meta(self) -> None:

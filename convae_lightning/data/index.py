@@ -1,8 +1,12 @@
 """The validation pass: every file of a corpus checked, its phones split by speaker and padded.
 
-It reads every audio file in full (the same :func:`~convae_lightning.data.timit.read_audio` the
-feature pass uses) and every ``.PHN`` file, so ``convae data stats`` and ``convae data prepare``
-accept and reject exactly the same files, and decides which phones are kept and the patch width.
+:func:`index_corpus` reads every audio file in full (the same
+:func:`~convae_lightning.data.timit.read_audio` the feature pass uses) and every ``.PHN`` file, so
+``convae data stats`` and ``convae data prepare`` accept and reject exactly the same files, and
+decides which phones are kept and the patch width. The cache builder reads only the audio headers
+here (:func:`index_utterances` with ``decode=False``) and leaves the full decode to the feature
+pass, which reads every file once; a file that fails only there is reported back as one of
+``audio_errors`` and the index is made again, so both reject the same files.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +31,10 @@ from convae_lightning.data.timit import (
     CorpusError,
     OnError,
     Utterance,
+    audio_info,
     find_utterances,
     read_audio,
-    read_phones,
+    read_phone_table,
 )
 
 log = logging.getLogger(__name__)
@@ -125,11 +130,20 @@ class PaddingPlan:
     kept: dict[str, int]
 
 
-def _check_audio(utterance: Utterance) -> AudioInfo:
+def _check_audio(utterance: Utterance, decode: bool) -> AudioInfo:
     if utterance.phn_path is None:
         raise CorpusError(utterance.audio_path, MISSING_PHN)
+    if not decode:
+        return audio_info(utterance.audio_path)  # the feature pass decodes and checks the rest
     audio, rate = read_audio(utterance.audio_path)  # a full decode: headers can lie
     return AudioInfo(rate, len(audio))
+
+
+def _rescale(samples: np.ndarray, rate: int, corpus_rate: int) -> np.ndarray:
+    """Sample offsets at ``corpus_rate`` moved to ``rate``, rounded half to even (``round``)."""
+    if rate == corpus_rate:
+        return samples
+    return np.rint(samples * (rate / corpus_rate)).astype(np.int64)
 
 
 def index_corpus(
@@ -148,6 +162,35 @@ def index_corpus(
     root = Path(root)
     if utterances is None:
         utterances = find_utterances(root, options.include_sa, options.on_error)
+    index = index_utterances(root, utterances, options, sample_rate)
+    warn_skipped(index.skipped)
+    return index
+
+
+def warn_skipped(skipped: Sequence[SkippedFile]) -> None:
+    """One warning naming every file left out under ``on_error="skip"`` (none: no warning)."""
+    if skipped:
+        log.warning(
+            "skipped %d bad file(s) (on_error='skip'):\n%s",
+            len(skipped),
+            "\n".join(f"  {s}" for s in skipped),
+        )
+
+
+def index_utterances(
+    root: Path,
+    utterances: Sequence[Utterance],
+    options: CorpusOptions,
+    sample_rate: int,
+    decode: bool = True,
+    audio_errors: Mapping[Path, CorpusError] | None = None,
+) -> CorpusIndex:
+    """:func:`index_corpus` without the warning; ``decode=False`` checks audio headers only.
+
+    ``audio_errors`` maps audio files already known to fail (the feature pass found them) to their
+    error, which they raise here in their place among the audio checks, as a full decode would.
+    """
+    audio_errors = audio_errors or {}
     skipped: list[SkippedFile] = []
 
     def skip(error: CorpusError) -> None:
@@ -158,7 +201,9 @@ def index_corpus(
     infos: dict[Utterance, AudioInfo] = {}
     for utterance in utterances:
         try:
-            infos[utterance] = _check_audio(utterance)
+            if utterance.audio_path in audio_errors:
+                raise audio_errors[utterance.audio_path]
+            infos[utterance] = _check_audio(utterance, decode)
         except CorpusError as error:
             skip(error)
     # The corpus rate is the most common one, so an odd file is blamed, not the corpus.
@@ -172,22 +217,17 @@ def index_corpus(
                     utterance.audio_path,
                     f"sample rate {info.sample_rate} Hz differs from the corpus's {corpus_rate} Hz",
                 )
-            phones = read_phones(utterance.phn_path, info.num_samples)  # type: ignore[arg-type]
+            phn_path: Path = utterance.phn_path  # type: ignore[assignment]  # checked above
+            starts, ends, names = read_phone_table(phn_path, info.num_samples)
         except CorpusError as error:
             skip(error)
             continue
-        kept = [p for p in phones if MAP_61_TO_48[p.label] is not None]
-        scale = sample_rate / info.sample_rate
-        starts = np.array([round(p.start * scale) for p in kept], dtype=np.int64)
-        ends = np.array([round(p.end * scale) for p in kept], dtype=np.int64)
-        labels = np.array([CLASS_INDEX_48[MAP_61_TO_48[p.label]] for p in kept], dtype=np.int64)
+        classes = [MAP_61_TO_48[name] for name in names]  # None: deleted (q)
+        kept = np.array([c is not None for c in classes], dtype=bool)
+        labels = np.array([CLASS_INDEX_48[c] for c in classes if c is not None], dtype=np.int64)
+        starts = _rescale(starts[kept], sample_rate, info.sample_rate)
+        ends = _rescale(ends[kept], sample_rate, info.sample_rate)
         indexed[utterance] = IndexedUtterance(utterance, info.sample_rate, starts, ends, labels)
-    if skipped:
-        log.warning(
-            "skipped %d bad file(s) (on_error='skip'):\n%s",
-            len(skipped),
-            "\n".join(f"  {s}" for s in skipped),
-        )
     if not indexed:
         raise CorpusError(root, "no valid utterances left after validation")
     split_utts = assign_splits(
@@ -247,6 +287,8 @@ __all__ = [
     "PaddingPlan",
     "SkippedFile",
     "index_corpus",
+    "index_utterances",
     "plan_padding",
+    "warn_skipped",
     "write_skipped_report",
 ]

@@ -1,11 +1,12 @@
 """From a TIMIT-layout corpus to cached, memory-mapped spectrogram patches.
 
 Two passes keep peak memory far below the size of the features: the first
-(:func:`~convae_lightning.data.index.index_corpus`) validates every file, keeping only phone
-boundaries, and decides which phones are kept and the patch width; the second reads audio utterance
-by utterance and streams patches into ``.npy`` files. The cache is built in a temporary folder and
-renamed into place only when complete, so an interrupted run never leaves a cache that a later run
-trusts.
+(:func:`~convae_lightning.data.index.index_utterances`) validates every ``.PHN`` file and audio
+header, keeping only phone boundaries, and decides which phones are kept and the patch width; the
+second (:mod:`~convae_lightning.data.extract`) decodes each audio file once, in chunks of
+utterances spread over worker processes, and streams patches into preallocated ``.npy`` files.
+The cache is built in a temporary folder and renamed into place only when complete, so an
+interrupted run never leaves a cache that a later run trusts.
 """
 
 from __future__ import annotations
@@ -18,28 +19,28 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from convae_lightning.data.features import FeatureConfig, PatchExtractor
+from convae_lightning.data.extract import allocate_rows, plan_chunks, write_chunks
+from convae_lightning.data.features import FeatureConfig
 from convae_lightning.data.index import (
     CorpusIndex,
     CorpusOptions,
     IndexedUtterance,
     PaddingPlan,
-    index_corpus,
+    index_utterances,
     plan_padding,
+    warn_skipped,
     write_skipped_report,
 )
 from convae_lightning.data.phones import PHONES_48
 from convae_lightning.data.splits import SPLITS
-from convae_lightning.data.timit import Utterance, find_utterances, read_audio
+from convae_lightning.data.timit import CorpusError, Utterance, find_utterances
 from convae_lightning.runs import pid_alive
 
 log = logging.getLogger(__name__)
@@ -70,101 +71,6 @@ def corpus_key(
         if u.phn_path is not None:
             digest.update(f"{u.phn_path.relative_to(root)}\0".encode() + u.phn_path.read_bytes())
     return digest.hexdigest()[:20]
-
-
-def _prefetch(utterances: Sequence[IndexedUtterance], depth: int = 32) -> Iterator:
-    """Yield ``(utterance, audio, rate)`` with audio decoding running ahead in a thread.
-
-    soundfile releases the GIL while decoding, so reading overlaps the STFT; ``depth`` bounds how
-    many decoded utterances wait in memory.
-    """
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = []
-        for item in utterances:
-            pending.append((item, pool.submit(read_audio, item.utterance.audio_path)))
-            if len(pending) >= depth:
-                done, future = pending.pop(0)
-                yield (done, *future.result())
-        for done, future in pending:
-            yield (done, *future.result())
-
-
-class _NpyRows:
-    """A ``.npy`` file of float32 rows written with plain file I/O.
-
-    Writing through a memmap would count every written page in the process's resident set;
-    ``pwrite``/``pread`` leave them to the page cache, so peak RSS stays near one batch.
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
-        self.path = path
-        self.shape = shape
-        self.row_bytes = int(np.prod(shape[1:])) * 4
-        with open(path, "wb") as fh:
-            header = {"descr": "<f4", "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(fh, header)
-            self.offset = fh.tell()
-            fh.truncate(self.offset + shape[0] * self.row_bytes)
-        self.fd = os.open(path, os.O_RDWR)
-
-    def write(self, first_row: int, rows: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(rows, dtype="<f4")).cast("B")  # no extra copy
-        os.pwrite(self.fd, data, self.offset + first_row * self.row_bytes)
-
-    def close(self) -> None:
-        os.fsync(self.fd)
-        os.close(self.fd)
-
-
-class _PatchWriter:
-    """Collects padded segments and streams their patches to disk, a batch at a time."""
-
-    def __init__(
-        self,
-        out: _NpyRows,
-        extractor: PatchExtractor,
-        segment_length: int,
-        batch_size: int,
-    ) -> None:
-        self.out = out
-        self.extractor = extractor
-        # Rows carry the STFT's side padding too, so batches go to the transform without a copy.
-        self.pad = extractor.side_pad
-        self.segment_length = segment_length
-        self.buffer = np.zeros((batch_size, segment_length + 2 * self.pad), dtype=np.float32)
-        self.filled = 0
-        self.written = 0
-        self.total = np.zeros(out.shape[1:], dtype=np.float64)
-
-    def add(self, audio: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
-        """Add the phones ``audio[starts[i]:ends[i]]`` of one utterance, each zero-padded on
-        both sides to the common length (thesis 2.1), centred."""
-        if not len(starts):
-            return
-        # One gather per utterance instead of three numpy calls per phone: row position j of
-        # phone i holds sample starts[i] - offset[i] + j where that lies inside the phone.
-        offsets = self.pad + (self.segment_length - (ends - starts)) // 2
-        source = (starts - offsets)[:, None] + np.arange(self.buffer.shape[1])
-        inside = (source >= starts[:, None]) & (source < ends[:, None])
-        rows = np.where(inside, audio[np.clip(source, 0, len(audio) - 1)], np.float32(0))
-        done = 0
-        while done < len(rows):
-            take = min(len(rows) - done, len(self.buffer) - self.filled)
-            self.buffer[self.filled : self.filled + take] = rows[done : done + take]
-            self.filled += take
-            done += take
-            if self.filled == len(self.buffer):
-                self.flush()
-
-    def flush(self) -> None:
-        if not self.filled:
-            return
-        batch = torch.from_numpy(self.buffer[: self.filled])
-        patches = self.extractor(batch, prepadded=True)
-        self.total += patches.sum(0, dtype=torch.float64).numpy()
-        self.out.write(self.written, patches.numpy())
-        self.written += self.filled
-        self.filled = 0
 
 
 class _NoProgress:
@@ -212,6 +118,7 @@ def build_cache(
     options: CorpusOptions | None = None,
     progress: bool = True,
     batch_size: int = 1024,
+    workers: int | None = None,
 ) -> Path:
     """Build (or find) the feature cache of a corpus and return its folder.
 
@@ -225,6 +132,10 @@ def build_cache(
     ``(C, F, T)``), ``skipped.tsv`` (files left out under ``on_error="skip"``) and ``meta.json``
     (settings and statistics). A folder whose key matches is reused as is. Half-built folders of
     builds that died are removed on the way.
+
+    ``batch_size`` phones make a chunk (one STFT batch, one write); ``workers`` processes extract
+    the chunks (``None``: one per CPU core, see
+    :func:`~convae_lightning.data.extract.resolve_workers`). Neither changes a byte of the cache.
     """
     features = features or FeatureConfig()
     options = options or CorpusOptions()
@@ -237,11 +148,12 @@ def build_cache(
     final = cache_dir / key
     if (final / "meta.json").is_file():
         return final
-    index = index_corpus(root, options, features.sample_rate, utterances)
-    plan = plan_padding(index, features, options)
     tmp = _start_build(cache_dir, key)
     try:
-        meta = _write_features(index, plan, features, tmp, progress, batch_size)
+        index, meta = _index_and_write(
+            root, utterances, features, options, tmp, progress, batch_size, workers
+        )
+        warn_skipped(index.skipped)
         meta.update(
             key=key,
             root=str(root),
@@ -262,6 +174,39 @@ def build_cache(
     return final
 
 
+def _index_and_write(
+    root: Path,
+    utterances: Sequence[Utterance],
+    features: FeatureConfig,
+    options: CorpusOptions,
+    out_dir: Path,
+    progress: bool,
+    batch_size: int,
+    workers: int | None,
+) -> tuple[CorpusIndex, dict]:
+    """Index the corpus and write its features into ``out_dir``; return the index and the meta.
+
+    The index reads audio headers only and the feature pass decodes every file, once. A file
+    that fails only there (frames that do not decode, NaN samples) is, with ``on_error="skip"``,
+    left out by indexing and writing again without it, as the full-decode index would have.
+    """
+    audio_paths = {u.audio_path for u in utterances}
+    audio_errors: dict[Path, CorpusError] = {}
+    while True:
+        index = index_utterances(
+            root, utterances, options, features.sample_rate, decode=False, audio_errors=audio_errors
+        )
+        plan = plan_padding(index, features, options)
+        try:
+            meta = _write_features(index, plan, features, out_dir, progress, batch_size, workers)
+            return index, meta
+        except CorpusError as error:
+            found_by_decoding = error.path in audio_paths and error.path not in audio_errors
+            if options.on_error == "raise" or not found_by_decoding:
+                raise
+            audio_errors[error.path] = error
+
+
 def _write_features(
     index: CorpusIndex,
     plan: PaddingPlan,
@@ -269,50 +214,35 @@ def _write_features(
     out_dir: Path,
     progress: bool,
     batch_size: int,
+    workers: int | None,
 ) -> dict:
-    extractor = PatchExtractor(features)
     shape = (features.num_channels, features.num_bins, plan.num_frames)
     speakers = sorted({u.utterance.speaker for items in index.splits.values() for u in items})
     speaker_id = {s: i for i, s in enumerate(speakers)}
     utterances = [u.utterance.utterance_id for s in SPLITS for u in index.splits[s]]
     utterance_id = {u: i for i, u in enumerate(utterances)}
-    mean: np.ndarray | None = None
+    files = {}
+    for split in SPLITS:
+        path = out_dir / f"{split}_x.npy"
+        files[split] = (path, allocate_rows(path, (plan.kept[split], *shape)))
+        rows = _row_labels(index.splits[split], plan, speaker_id, utterance_id)
+        for name, values in rows.items():
+            np.save(out_dir / f"{split}_{name}.npy", values)
+    chunks = plan_chunks(index, plan, files, int(np.prod(shape)) * 4, batch_size)
     with _progress(progress) as bar:
-        for split in SPLITS:
-            items = index.splits[split]
-            count = plan.kept[split]
-            x = _NpyRows(out_dir / f"{split}_x.npy", (count, *shape))
-            rows = {
-                "y": np.empty(count, dtype=np.int64),
-                "speaker": np.empty(count, dtype=np.int32),
-                "utt": np.empty(count, dtype=np.int32),
-                "span": np.empty((count, 2), dtype=np.int64),
-            }
-            writer = _PatchWriter(x, extractor, plan.segment_length, batch_size)
-            task = bar.add_task(f"features {split}", total=len(items))
-            for item, audio, rate in _prefetch(items):
-                if rate != features.sample_rate:
-                    import torchaudio  # only for resampling: the common path needs torch alone
-
-                    audio = torchaudio.functional.resample(
-                        torch.from_numpy(audio), rate, features.sample_rate
-                    ).numpy()
-                keep = item.ends - item.starts <= plan.max_length
-                first = writer.written + writer.filled
-                last = first + int(keep.sum())
-                rows["y"][first:last] = item.labels[keep]
-                rows["speaker"][first:last] = speaker_id[item.utterance.speaker]
-                rows["utt"][first:last] = utterance_id[item.utterance.utterance_id]
-                rows["span"][first:last] = np.stack([item.starts[keep], item.ends[keep]], 1)
-                writer.add(audio, item.starts[keep], item.ends[keep])
-                bar.advance(task)
-            writer.flush()
-            if split == "train":
-                mean = (writer.total / max(count, 1)).astype(np.float32)
-            x.close()
-            for name, values in rows.items():
-                np.save(out_dir / f"{split}_{name}.npy", values)
-    assert mean is not None
+        tasks = {s: bar.add_task(f"features {s}", total=len(index.splits[s])) for s in SPLITS}
+        sums = write_chunks(
+            chunks,
+            features,
+            plan.segment_length,
+            workers,
+            lambda chunk: bar.advance(tasks[chunk.split], len(chunk.audio_paths)),
+        )
+    total = np.zeros(sums.shape[1], dtype=np.float64)
+    for chunk, chunk_sum in zip(chunks, sums, strict=True):  # in chunk order: same bits always
+        if chunk.split == "train":
+            total += chunk_sum
+    mean = (total / max(plan.kept["train"], 1)).astype(np.float32).reshape(shape)
     np.save(out_dir / "mean.npy", mean)
     return {
         "input_shape": list(shape),
@@ -328,6 +258,32 @@ def _write_features(
         },
         "utterances": utterances,
         "class_names": list(PHONES_48),
+    }
+
+
+def _row_labels(
+    items: Sequence[IndexedUtterance],
+    plan: PaddingPlan,
+    speaker_id: dict[str, int],
+    utterance_id: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """Per kept phone, in cache order: class id, speaker, utterance and ``(start, end)`` span."""
+    keeps = [u.ends - u.starts <= plan.max_length for u in items]
+    counts = [int(k.sum()) for k in keeps]
+
+    def each(values: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(values).astype(dtype) if values else np.zeros(0, dtype=dtype)
+
+    spans = [np.stack([u.starts[k], u.ends[k]], 1) for u, k in zip(items, keeps, strict=True)]
+    return {
+        "y": each([u.labels[k] for u, k in zip(items, keeps, strict=True)], np.int64),
+        "speaker": np.repeat([speaker_id[u.utterance.speaker] for u in items], counts).astype(
+            np.int32
+        ),
+        "utt": np.repeat([utterance_id[u.utterance.utterance_id] for u in items], counts).astype(
+            np.int32
+        ),
+        "span": np.concatenate(spans) if spans else np.zeros((0, 2), dtype=np.int64),
     }
 
 

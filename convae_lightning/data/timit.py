@@ -30,6 +30,7 @@ _DIALECT = re.compile(r"^dr\d+$", re.IGNORECASE)
 MISSING_PHN = "audio file has no .PHN phone-label file beside it"
 #: NIST SPHERE files (TIMIT's ``.WAV``) start with a header of this many bytes.
 SPHERE_HEADER_BYTES = 1024
+_KNOWN_LABELS = frozenset(MAP_61_TO_48)
 
 
 def embedded_corpus_root() -> Path:
@@ -46,6 +47,10 @@ class CorpusError(ValueError):
         self.path = Path(path)
         self.line = line
         self.reason = message
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its parts, not its message: the feature pass's workers send it back.
+        return type(self), (self.path, self.reason, self.line)
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,39 @@ def read_phones(path: str | os.PathLike, num_samples: int | None = None) -> list
     return segments
 
 
+def read_phone_table(
+    path: str | os.PathLike, num_samples: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """:func:`read_phones` as arrays: ``starts``, ``ends`` (int64) and lower-case labels.
+
+    The cache build parses every ``.PHN`` file of a corpus, so the well-formed ones are checked
+    a whole file at a time; a file that breaks any rule goes to :func:`read_phones`, whose error
+    names the line.
+
+    Raises:
+        CorpusError: as :func:`read_phones`.
+    """
+    with open(path, encoding="ascii", errors="replace") as fh:
+        rows = [line.split() for line in fh]
+    rows = [row for row in rows if row]
+    try:
+        if not rows or any(len(row) != 3 for row in rows):
+            raise ValueError
+        starts = np.array([int(row[0]) for row in rows], dtype=np.int64)
+        ends = np.array([int(row[1]) for row in rows], dtype=np.int64)
+        labels = [row[2].lower() for row in rows]
+        if (starts < 0).any() or (ends <= starts).any() or not _KNOWN_LABELS.issuperset(labels):
+            raise ValueError
+        if num_samples is not None and (ends > num_samples).any():
+            raise ValueError
+    except (ValueError, OverflowError):
+        phones = read_phones(path, num_samples)  # raises, naming the line at fault
+        starts = np.array([p.start for p in phones], dtype=np.int64)
+        ends = np.array([p.end for p in phones], dtype=np.int64)
+        labels = [p.label for p in phones]
+    return starts, ends, labels
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """Sample rate and length of an audio file, checked against its SPHERE header if it has one."""
@@ -342,6 +380,7 @@ __all__ = [
     "embedded_corpus_root",
     "find_utterances",
     "read_audio",
+    "read_phone_table",
     "read_phones",
     "speakers",
 ]
