@@ -252,6 +252,70 @@ def test_reference_values_sit_beside_ours_matched_as_yaml_values(tmp_path):
     assert table.unmatched_reference == ["config=forward, units=1"]
 
 
+def test_published_fields_no_run_logged_yet_stay_in_the_default_cells(tmp_path):
+    """The thesis's test errors show beside our cells before ``convae test`` ran."""
+    runs = stacked_runs(tmp_path)
+    reference = tmp_path / "ref.csv"
+    reference.write_text("config,units,test/euclid_balanced,epochs\nregular_ae,1,0.69,50\n")
+    entries = collect(runs)[1]
+    plain = build_table(None, entries, rows=["config"], cols=["units"], metrics=["euclid"])
+    assert "test/euclid_balanced:final" not in [f.spec for f in plain.fields]  # nobody tested
+    table = build_table(
+        None, entries, rows=["config"], cols=["units"], metrics=["euclid"], reference=str(reference)
+    )
+    specs = [f.spec for f in table.fields]
+    assert specs.index("test/euclid_balanced:final") < specs.index("epochs")
+    cell = table.cells[(('"regular_ae"',), ("1",))]
+    assert cell.stats["test/euclid_balanced:final"].n == 0
+    assert cell.reference["test/euclid_balanced:final"].value == 0.69
+
+
+#: Layout keys of each thesis table's ``convae report`` command (docs/results.md section 2).
+THESIS_LAYOUTS = {
+    2: ("config", "model.init_args.variant"),
+    3: ("model.init_args", "model.init_args.architecture", "model.init_args.num_units"),
+    5: ("model.init_args.autoencoder_checkpoint", "config", "model.init_args.encoder"),
+}
+
+
+@pytest.mark.parametrize(("number", "rows"), [(2, 6), (3, 36), (5, 24)])
+def test_thesis_reference_tables_read_the_same_from_markdown_and_csv(number, rows):
+    keys = THESIS_LAYOUTS[number]
+    md = read_reference(REPO / f"docs/reference/thesis_table{number}.md", keys)
+    from_csv = read_reference(REPO / f"docs/reference/thesis_table{number}.csv", keys)
+    assert md.rows == from_csv.rows
+    assert md.label.startswith(f"Thesis Table {number}: ")
+    assert len(md.rows) == rows
+
+
+def test_thesis_accuracies_are_fractions_beside_the_printed_percentages():
+    """Table 2 prints accuracy and Table 5 error in %; the number compared is our accuracy."""
+    table2 = read_reference(REPO / "docs/reference/thesis_table2.md", THESIS_LAYOUTS[2])
+    table5 = read_reference(REPO / "docs/reference/thesis_table5.md", THESIS_LAYOUTS[5])
+    checked = 0
+    for values in [*table2.rows.values(), *table5.rows.values()]:
+        for spec, ref in values.items():
+            if "acc39" not in spec:
+                continue
+            match = re.fullmatch(r"([\d.]+) \((error )?([\d.]+)%\)", ref.text)
+            assert match, ref.text
+            percent = float(match[3])
+            accuracy = 100 - percent if match[2] else percent
+            assert ref.value == pytest.approx(accuracy / 100, abs=1e-9), ref.text
+            checked += 1
+    assert checked == 6 + 24 * 2
+    weak_switch = table5.rows[('"weak_switch"', '"ours"', '"pretrained"')]
+    assert weak_switch["test/acc39_balanced:final"].text == "0.200 (error 80.0%)"
+    assert table5.rows[("null", '"literal"', '"random"')]["epochs"].text == "50"
+    table3 = read_reference(REPO / "docs/reference/thesis_table3.md", THESIS_LAYOUTS[3])
+    worst = table3.rows[('"fixed_trained_encoder_fixed_transpose_decoder"', '"units"', "2")]
+    assert {k: v.text for k, v in worst.items()} == {
+        "train/euclid:final": "426",
+        "test/euclid_balanced:final": "400",
+        "epochs": "5†",
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "suffix", "error"),
     [

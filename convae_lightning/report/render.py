@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import io
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from convae_lightning.report.content import (
     format_seconds,
 )
 from convae_lightning.report.table import Cell
-from convae_lightning.report.views import RunView
+from convae_lightning.report.views import RunView, format_value
 
 __all__ = ["render_csv", "render_html", "render_markdown", "write_atomic"]
 
@@ -192,8 +193,8 @@ def render_csv(report: Report) -> str:
                 ref = cell.reference.get(item.spec)
                 writer.writerow(
                     [
-                        *[table.value_text(k, v) for k, v in zip(table.row_keys, row, strict=True)],
-                        *[table.value_text(k, v) for k, v in zip(table.col_keys, col, strict=True)],
+                        *[_csv_key(v) for v in row],
+                        *[_csv_key(v) for v in col],
                         item.spec,
                         _csv_number(stat.mean if stat else None),
                         _csv_number(stat.std if stat else None),
@@ -205,6 +206,11 @@ def render_csv(report: Report) -> str:
                     ]
                 )
     return buffer.getvalue()
+
+
+def _csv_key(value: str) -> str:
+    """A layout key's value in full (the page shortens long labels; a join key must not be)."""
+    return format_value(json.loads(value), width=2**31)
 
 
 def _csv_number(value: float | None) -> str:

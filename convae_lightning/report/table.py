@@ -209,17 +209,22 @@ def _logged_names(views: Sequence[RunView]) -> set[str]:
     return names
 
 
-def default_fields(metrics: Sequence[str], views: Sequence[RunView]) -> list[Field]:
+def default_fields(
+    metrics: Sequence[str], views: Sequence[RunView], published: Sequence[Field] = ()
+) -> list[Field]:
     """Per metric: train final; val balanced/natural best and final; test balanced/natural; then
-    epochs and wall time. Fields no run has a value for are left out."""
+    epochs and wall time. Fields no run has a value for are left out, unless a reference table
+    publishes them (``published``): the thesis's test errors show before ``convae test`` ran."""
     specs = []
     for name in metrics:
         specs.append(f"{metric_key('train', name)}:final")
         for view in ("balanced", "natural"):
             specs += [f"{metric_key('val', name, view)}:{agg}" for agg in ("best", "final")]
         specs += [f"{metric_key('test', name, view)}:final" for view in ("balanced", "natural")]
-    fields = [Field.parse(s) for s in [*specs, "epochs", "wall_time"]]
-    return [f for f in fields if any(v.value(f) is not None for v in views)]
+    fields = [Field.parse(s) for s in specs]
+    fields += [f for f in published if f not in fields and f.key is not None]
+    fields += [Field.parse("epochs"), Field.parse("wall_time")]
+    return [f for f in fields if f in published or any(v.value(f) is not None for v in views)]
 
 
 def build_table(
@@ -245,6 +250,7 @@ def build_table(
     if overlap:
         raise ValueError(f"--rows and --cols share {sorted(overlap)}; a key lays out one axis")
     views = run_views(entries, per_depth="units" in row_keys + col_keys)
+    ref = read_reference(reference, row_keys + col_keys) if reference else None
     if fields:
         chosen = [Field.parse(spec) for spec in fields]
     else:
@@ -252,8 +258,8 @@ def build_table(
         for name in metrics or []:
             if name not in logged:
                 raise ValueError(f"--metrics: no run logged {name!r}; logged: {sorted(logged)}")
-        chosen = default_fields(metrics or choose_metrics(study, views), views)
-    ref = read_reference(reference, row_keys + col_keys) if reference else None
+        published = ref.fields if ref is not None else []
+        chosen = default_fields(metrics or choose_metrics(study, views), views, published)
 
     order = study.param_order() if study is not None else {}
     shown: dict[tuple[str, str], str] = {}
