@@ -308,5 +308,14 @@ class AutoencoderClassifier(ConvClassifier):
                 arg_name="autoencoder_checkpoint",
                 activation=activation,
             )
-            self.num_loaded_layers, self.activation = loaded
+            self.num_loaded_layers, self.activation = loaded.count, loaded.activation
+            # Filters of other features (log-mel rows against spectrogram bins) would load
+            # silently when the kernels happen to have the same shape.
+            if loaded.input_shape is not None and loaded.input_shape[:2] != self.input_shape[:2]:
+                raise ValueError(
+                    f"autoencoder_checkpoint {autoencoder_checkpoint!r} was trained on inputs of "
+                    f"{loaded.input_shape[0]} channel(s) x {loaded.input_shape[1]} rows, this "
+                    f"model's input_shape is {self.input_shape}: give it the autoencoder's "
+                    "features (data.representation, data.n_mels, data.n_mfcc)"
+                )
         self._apply_frozen(fixed_encoder_patterns(encoder, self.num_loaded_layers))

@@ -130,11 +130,13 @@ class ObjectiveTerms(NamedTuple):
     penalties: dict[str, Tensor]  # unweighted, by log name: code_l1, contractive
 
 
-class TrainingObjective(nn.Module):
+class TrainingObjective:
     """The autoencoders' training loss: reconstruction of the clean input from a corrupted one,
     plus weighted penalties on the code (innermost encoder output).
 
-    At its defaults it is the thesis's loss exactly: the mean squared Euclidean error.
+    At its defaults it is the thesis's loss exactly: the mean squared Euclidean error. Not a
+    module: it holds no state (the masks have none), so a model's modules, state and summary
+    stay the thesis's whatever the options.
 
     Args:
         reconstruction_loss: ``euclidean``, ``relative`` or ``scale_invariant``
@@ -157,7 +159,6 @@ class TrainingObjective(nn.Module):
         contractive: float = 0.0,
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
-        super().__init__()
         if reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(
                 f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got "
@@ -177,7 +178,6 @@ class TrainingObjective(nn.Module):
                     f"{'rows' if name == 'freq_mask' else 'frames'} of input_shape "
                     f"{tuple(input_shape)})"
                 )
-        # Absent when off, so a default model's modules are the thesis's.
         self.corruption = (
             InputCorruption(noise, freq_mask, time_mask)
             if noise > 0 or freq_mask > 0 or time_mask > 0
@@ -188,7 +188,7 @@ class TrainingObjective(nn.Module):
     def has_penalties(self) -> bool:
         return self.code_l1 > 0 or self.contractive > 0
 
-    def forward(
+    def __call__(
         self,
         x: Tensor,
         encode: Callable[[Tensor], tuple[Tensor, list]],

@@ -65,6 +65,8 @@ class LoadedLayers(NamedTuple):
     count: int
     #: The checkpoint's nonlinearity (``relu`` for checkpoints that do not say).
     activation: str
+    #: ``(C, F, T)`` of the inputs the checkpoint's model was built for (``None``: not said).
+    input_shape: tuple[int, ...] | None
 
 
 def load_encoder_layers(
@@ -132,4 +134,5 @@ def load_encoder_layers(
             for name in ("weight", "bias"):
                 source = checkpoint["state_dict"][f"encoder.{i}.conv.{name}"]
                 getattr(encoder[i].conv, name).copy_(source)
-    return LoadedLayers(count, source_activation)
+    shape = meta.get("input_shape")
+    return LoadedLayers(count, source_activation, tuple(shape) if shape is not None else None)
