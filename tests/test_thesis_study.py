@@ -41,6 +41,7 @@ SPECS = (
     "thesis_figure3",
     "thesis_beyond_ae",
     "thesis_beyond",
+    "thesis_beyond_baselines",
 )
 #: Studies whose checkpoints a spec's trial references take.
 NEEDS = {
