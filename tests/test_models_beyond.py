@@ -14,7 +14,8 @@ from conftest import TINY
 from lightning.pytorch.loggers import CSVLogger
 from model_helpers import TINY_ARCH, TINY_SHAPE, TinyDataModule, tiny_trainer
 
-from convae_lightning.models import AutoencoderClassifier, ConvAutoencoder
+from convae_lightning.callbacks import StackGrowth
+from convae_lightning.models import AutoencoderClassifier, ConvAutoencoder, StackedAutoencoder
 from convae_lightning.models.objectives import contractive_penalty, reconstruction_loss
 
 
@@ -159,6 +160,23 @@ def test_contractive_penalty_trains_the_encoder(tmp_path):
     terms = model.objective(x, model.encode, model.decode)
     (grad,) = torch.autograd.grad(terms.penalties["contractive"], model.encoder[0].conv.weight)
     assert grad.abs().sum() > 0
+
+
+def test_stacked_autoencoders_take_the_options_at_every_depth(tmp_path):
+    """The penalties apply to the code of the active units as the stack grows."""
+    model = StackedAutoencoder(
+        input_shape=TINY_SHAPE, **TINY_ARCH, code_l1=0.01, contractive=1.0, activation="tanh"
+    )
+    logger = CSVLogger(tmp_path, name="run")
+    growth = StackGrowth(max_epochs_per_unit=1)
+    trainer = tiny_trainer(tmp_path, logger=logger, log_every_n_steps=1, max_epochs=2,
+                           callbacks=[growth])  # fmt: skip
+    trainer.fit(model, datamodule=TinyDataModule())
+    assert model.num_active_units == 2
+    rows = step_rows(
+        read_metrics(tmp_path / "run" / "version_0" / "metrics.csv"), "train/loss_step"
+    )
+    assert len(rows) == 4 and all(float(r["train/contractive_step"]) > 0 for r in rows)
 
 
 # ------------------------------------------------------------------------------------- losses
