@@ -4,10 +4,11 @@ Every spec runs as users run it, ``convae sweep SPEC`` in a folder holding ``con
 ``sweeps/`` and ``docs/``, on the embedded corpus cut to one short epoch per trial by the extra
 fit arguments after ``--`` (docs/sweeps.md; Table 4 keeps its epoch caps, so that its stacks grow
 to 4 units). ``--n-trials`` = the number of conditions runs each condition once, with the spec's
-first seed (grid runs go seeds outermost). Table 3 and Table 5 take Table 2's and Table 4's
-checkpoints through their trial references, so those studies run first, in the same folder, and
-every test shares the runs. Each table's ``convae report`` command of docs/results.md then lays
-the runs out beside the thesis's values (``docs/reference/thesis_table*.md``).
+first seed (grid runs go seeds outermost). Table 3, Table 5 and the beyond-the-thesis classifiers
+take Table 2's, Table 4's and the beyond-the-thesis autoencoders' checkpoints through their trial
+references, so those studies run first, in the same folder, and every test shares the runs. Each
+table's ``convae report`` command of docs/results.md then lays the runs out beside the thesis's
+values (``docs/reference/thesis_table*.md``).
 """
 
 from __future__ import annotations
@@ -39,11 +40,24 @@ from convae_lightning.sweeps.storage import open_storage
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-SPECS = ("thesis_table2", "thesis_table3", "thesis_table4", "thesis_table5", "thesis_figure3")
+SPECS = (
+    "thesis_table2",
+    "thesis_table3",
+    "thesis_table4",
+    "thesis_table5",
+    "thesis_figure3",
+    "thesis_beyond_ae",
+    "thesis_beyond",
+    "thesis_beyond_baselines",
+)
 #: Specs of the thesis's tables with a reference table, ``docs/reference/<spec>.md``.
 TABLES = ("thesis_table2", "thesis_table3", "thesis_table4", "thesis_table5")
 #: Studies whose checkpoints a spec's trial references take.
-NEEDS = {"thesis_table3": "thesis_table2", "thesis_table5": "thesis_table4"}
+NEEDS = {
+    "thesis_table3": "thesis_table2",
+    "thesis_table5": "thesis_table4",
+    "thesis_beyond": "thesis_beyond_ae",
+}
 #: One training and one evaluation batch of 8, no sanity check, CSV logs only: seconds a trial.
 SMOKE = [
     "--trainer.max_epochs", "1",
@@ -64,6 +78,7 @@ OWN_EPOCHS = ("thesis_table4",)
 REFERENCES = {
     "thesis_table3": ("model.init_args.encoder_checkpoint", "thesis_table2"),
     "thesis_table5": ("model.init_args.autoencoder_checkpoint", "thesis_table4"),
+    "thesis_beyond": ("model.init_args.autoencoder_checkpoint", "thesis_beyond_ae"),
 }
 
 

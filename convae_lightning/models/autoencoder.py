@@ -31,12 +31,8 @@ from convae_lightning.models.base import (
     default_optimizer,
     unpack_batch,
 )
-from convae_lightning.models.metrics import (
-    MEASURES,
-    ZERO_CODE_MEASURES,
-    ReconstructionMetrics,
-    reconstruction_measures,
-)
+from convae_lightning.models.metrics import MEASURES, ZERO_CODE_MEASURES, ReconstructionMetrics
+from convae_lightning.models.objectives import ReconstructionLoss, TrainingObjective
 from convae_lightning.models.transfer import (
     EncoderMode,
     check_encoder_mode,
@@ -55,11 +51,13 @@ from convae_lightning.nn.conv import (
 )
 from convae_lightning.nn.units import (
     UNPOOL_MODES,
+    Activation,
     AutoencoderUnit,
     DecoderBlock,
     EncoderBlock,
     EncoderState,
     UnpoolMode,
+    check_activation,
 )
 
 __all__ = ["ConvAutoencoder", "StackedAutoencoder"]
@@ -116,6 +114,17 @@ class ConvAutoencoder(ConvaeModule):
             formulation per layer), ``conv_transpose``, ``conv2d`` or ``time_as_channels``
             (see ``nn.conv.decoder_conv2d``); results agree to rounding.
         predict_reconstructions: ``predict_step`` returns the reconstructions besides the codes.
+        activation: ``relu`` (the thesis's) or ``tanh``, in encoders and decoder ReLUs; stored in
+            checkpoints, so classifiers on this encoder build the same.
+        reconstruction_loss: ``euclidean`` (the thesis's), ``relative`` or ``scale_invariant``
+            (``models.objectives``); evaluation metrics stay Euclidean.
+        input_noise_std: Gaussian noise (std in feature units) on training inputs; the target
+            stays clean (denoising).
+        freq_mask: Maximum width (rows) of a SpecAugment frequency mask on training inputs.
+        time_mask: Maximum width (frames) of a SpecAugment time mask on training inputs.
+        code_l1: Weight of the code's L1 norm (``train/code_l1``).
+        contractive: Weight of the encoder Jacobian's squared Frobenius norm, a one-sample
+            unbiased estimate (``train/contractive``).
         optimizer: Optimiser factory (AdaGrad by default, as in the thesis).
         lr_scheduler: Optional scheduler factory.
     """
@@ -140,6 +149,13 @@ class ConvAutoencoder(ConvaeModule):
         frozen: Sequence[str] = (),
         decoder_impl: DecoderImpl = "auto",
         predict_reconstructions: bool = False,
+        activation: Activation = "relu",
+        reconstruction_loss: ReconstructionLoss = "euclidean",
+        input_noise_std: float = 0.0,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        code_l1: float = 0.0,
+        contractive: float = 0.0,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -160,6 +176,11 @@ class ConvAutoencoder(ConvaeModule):
                 raise ValueError(
                     "architecture='conv_inverse' has no ReLU; leave decoder_relu unset"
                 )
+            if activation != "relu":
+                raise ValueError(
+                    f"architecture='conv_inverse' has no nonlinearity; leave activation unset, "
+                    f"got {activation!r}"
+                )
             pool_sizes, pool_strides = [None] * len(conv_channels), None
             decoder_relu, relu_everywhere = False, False
         elif decoder_relu is None:
@@ -172,6 +193,7 @@ class ConvAutoencoder(ConvaeModule):
                 f"transpose_sync_bias must be one of {SYNC_BIASES}, got {transpose_sync_bias!r}"
             )
 
+        self.activation = check_activation(activation)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.architecture = architecture
         self.predict_reconstructions = predict_reconstructions
@@ -194,8 +216,17 @@ class ConvAutoencoder(ConvaeModule):
                 f"'transpose_sync' unit, got decoder_conv={decoder_conv!r}"
             )
 
+        self.objective = TrainingObjective(
+            reconstruction_loss,
+            input_noise_std,
+            freq_mask,
+            time_mask,
+            code_l1,
+            contractive,
+            self.input_shape,
+        )
         self.encoder = nn.ModuleList(
-            EncoderBlock(spec, return_switches=unpools[i] == "switch", relu=relu_everywhere)
+            EncoderBlock(spec, unpools[i] == "switch", relu_everywhere, activation)
             for i, spec in enumerate(self.specs)
         )
         num_loaded = 0
@@ -207,9 +238,12 @@ class ConvAutoencoder(ConvaeModule):
                 encoder_checkpoint,
                 expected_kinds=("forward_classifier", "autoencoder_classifier"),
                 arg_name="encoder_checkpoint",
-            )
+                activation=activation,
+            ).count
         self.decoder = nn.ModuleList(
-            DecoderBlock(enc, unpools[i], relus[i], convs[i], decoder_impl, transpose_sync_bias)
+            DecoderBlock(
+                enc, unpools[i], relus[i], convs[i], decoder_impl, transpose_sync_bias, activation
+            )
             for i, enc in enumerate(self.encoder)
         )
         self._units = [
@@ -295,12 +329,19 @@ class ConvAutoencoder(ConvaeModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, _, _ = unpack_batch(batch)
-        measures = reconstruction_measures(self(x), x)
-        loss = measures["sq_error"].mean()
+        terms = self.objective(x, self.encode, self.decode)
+        loss = terms.loss
         self.check_finite(loss, "training")
         # Not on the progress bar: Lightning would read it back from the device every step.
         self.log("train/loss", loss, on_step=True, on_epoch=True)
-        self.log("train/euclid", measures["euclid"].mean().detach(), on_step=True, on_epoch=True)
+        self.log("train/euclid", terms.euclid.mean().detach(), on_step=True, on_epoch=True)
+        if self.objective.has_penalties:
+            # train/loss = train/reconstruction + the weighted penalties.
+            self.log(
+                "train/reconstruction", terms.reconstruction.detach(), on_step=True, on_epoch=True
+            )
+            for name, value in terms.penalties.items():
+                self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True)
         # Every part frozen (a "no training" baseline): nothing to optimise this step.
         return loss if loss.requires_grad else None
 

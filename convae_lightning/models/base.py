@@ -274,11 +274,15 @@ class ConvaeModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------- checkpoints
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """Self-description stored in checkpoints: kind, input shape and layer shapes."""
+        """Self-description stored in checkpoints: kind, input shape, layer shapes and the
+        encoder's ``activation``."""
         meta: dict[str, Any] = {"kind": self.checkpoint_kind}
         if hasattr(self, "specs"):
             meta["layers"] = [spec.signature() for spec in self.specs]
             meta["input_shape"] = list(self.input_shape)
+        if hasattr(self, "activation"):
+            # The encoder's nonlinearity: models taking these convolutions build the same.
+            meta["activation"] = self.activation
         return meta
 
     @override

@@ -27,7 +27,7 @@ from convae_lightning.nn.architecture import (
     PoolStride,
     build_layer_specs,
 )
-from convae_lightning.nn.units import EncoderBlock
+from convae_lightning.nn.units import Activation, EncoderBlock, check_activation
 
 __all__ = ["AutoencoderClassifier", "ConvClassifier", "ForwardClassifier"]
 
@@ -59,6 +59,8 @@ class ConvClassifier(ConvaeModule):
         frozen: Glob patterns of parameter names frozen from the start.
         optimizer: Optimiser factory.
         lr_scheduler: Optional scheduler factory.
+        activation: Nonlinearity of the conv layers, ``relu`` or ``tanh`` (the fully connected
+            layers keep their ReLUs).
     """
 
     def __init__(
@@ -75,9 +77,11 @@ class ConvClassifier(ConvaeModule):
         frozen: Sequence[str],
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None,
+        activation: Activation = "relu",
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         owner = type(self).__name__
+        self.activation = check_activation(activation)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"{owner}: num_classes must be an int >= 2, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
@@ -95,7 +99,9 @@ class ConvClassifier(ConvaeModule):
             owner=owner,
             pool_strides=pool_strides,
         )
-        self.encoder = nn.ModuleList(EncoderBlock(spec) for spec in self.specs)
+        self.encoder = nn.ModuleList(
+            EncoderBlock(spec, activation=activation) for spec in self.specs
+        )
         last = self.specs[-1]
         features = last.out_channels * last.output_hw[0] * last.output_hw[1]
         layers: list[nn.Module] = []
@@ -249,6 +255,9 @@ class AutoencoderClassifier(ConvClassifier):
         fc_sizes: Hidden fully connected sizes.
         dropout: Drop probability before the output layer.
         frozen: Extra glob patterns of parameter names frozen from the start.
+        activation: Nonlinearity of the conv layers: ``null`` (default) takes the
+            autoencoder's (its checkpoint's ``activation``; ``relu`` for ``random*``); a value
+            that differs from a pretrained autoencoder's is a ``ValueError``.
         optimizer: Optimiser factory (AdaGrad by default).
         lr_scheduler: Optional scheduler factory.
     """
@@ -268,6 +277,7 @@ class AutoencoderClassifier(ConvClassifier):
         fc_sizes: Sequence[int] = FIGURE2["fc_sizes"],
         dropout: float = 0.1,
         frozen: Sequence[str] = (),
+        activation: Activation | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -285,15 +295,27 @@ class AutoencoderClassifier(ConvClassifier):
             frozen=frozen,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
+            activation=activation or "relu",
         )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.num_loaded_layers = 0
         if pretrained:
-            self.num_loaded_layers = load_encoder_layers(
+            loaded = load_encoder_layers(
                 self.encoder,
                 self.specs,
                 autoencoder_checkpoint,
                 expected_kinds=("autoencoder", "stacked_autoencoder"),
                 arg_name="autoencoder_checkpoint",
+                activation=activation,
             )
+            self.num_loaded_layers, self.activation = loaded.count, loaded.activation
+            # Filters of other features (log-mel rows against spectrogram bins) would load
+            # silently when the kernels happen to have the same shape.
+            if loaded.input_shape is not None and loaded.input_shape[:2] != self.input_shape[:2]:
+                raise ValueError(
+                    f"autoencoder_checkpoint {autoencoder_checkpoint!r} was trained on inputs of "
+                    f"{loaded.input_shape[0]} channel(s) x {loaded.input_shape[1]} rows, this "
+                    f"model's input_shape is {self.input_shape}: give it the autoencoder's "
+                    "features (data.representation, data.n_mels, data.n_mfcc)"
+                )
         self._apply_frozen(fixed_encoder_patterns(encoder, self.num_loaded_layers))

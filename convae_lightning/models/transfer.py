@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
 
 from convae_lightning.models.base import read_checkpoint
 from convae_lightning.nn.architecture import LayerSpec
+from convae_lightning.nn.units import Activation, check_activation
 
 __all__ = [
     "ENCODER_MODES",
     "EncoderMode",
+    "LoadedLayers",
     "check_encoder_mode",
     "fixed_encoder_patterns",
     "load_encoder_layers",
@@ -57,13 +59,24 @@ def fixed_encoder_patterns(mode: str, num_loaded: int) -> list[str]:
     return []
 
 
+class LoadedLayers(NamedTuple):
+    """What :func:`load_encoder_layers` took from a checkpoint."""
+
+    count: int
+    #: The checkpoint's nonlinearity (``relu`` for checkpoints that do not say).
+    activation: str
+    #: ``(C, F, T)`` of the inputs the checkpoint's model was built for (``None``: not said).
+    input_shape: tuple[int, ...] | None
+
+
 def load_encoder_layers(
     encoder: nn.ModuleList,
     specs: Sequence[LayerSpec],
     path: str | Path,
     expected_kinds: Sequence[str],
     arg_name: str,
-) -> int:
+    activation: Activation | None = None,
+) -> LoadedLayers:
     """Copy ``encoder.{i}.conv.weight|bias`` from a checkpoint into ``encoder`` (in place).
 
     Convolutions are matched by their own shapes (channels, kernel, padding), stored by every
@@ -79,14 +92,29 @@ def load_encoder_layers(
         path: Checkpoint file.
         expected_kinds: Accepted ``checkpoint["convae"]["kind"]`` values.
         arg_name: Argument to name in errors.
+        activation: The target's nonlinearity, which must be the checkpoint's
+            (``checkpoint["convae"]["activation"]``): filters trained under ``tanh`` are not a
+            ``relu`` network's. ``None`` takes the checkpoint's and sets it on every block of
+            ``encoder``.
 
     Returns:
-        The number of layers copied.
+        The number of layers copied and the checkpoint's activation.
 
     Raises:
-        ValueError: naming ``arg_name`` when a convolution's shape does not fit.
+        ValueError: naming ``arg_name`` when a convolution's shape does not fit, or
+            ``activation`` when it differs from the checkpoint's.
     """
     checkpoint, meta = read_checkpoint(path, expected_kinds, arg_name)
+    source_activation = check_activation(meta.get("activation", "relu"), f"{arg_name} activation")
+    if activation is None:
+        for block in encoder:
+            block.activation = source_activation
+    elif activation != source_activation:
+        raise ValueError(
+            f"activation={activation!r} differs from the {source_activation!r} the encoder of "
+            f"{arg_name} {str(path)!r} was trained with; leave activation unset (classifiers) "
+            "or set it to the checkpoint's"
+        )
     source_layers: list[dict[str, Any]] = meta.get("layers", [])
     count = min(len(source_layers), len(specs))
     active = meta.get("num_active_units")
@@ -106,4 +134,5 @@ def load_encoder_layers(
             for name in ("weight", "bias"):
                 source = checkpoint["state_dict"][f"encoder.{i}.conv.{name}"]
                 getattr(encoder[i].conv, name).copy_(source)
-    return count
+    shape = meta.get("input_shape")
+    return LoadedLayers(count, source_activation, tuple(shape) if shape is not None else None)

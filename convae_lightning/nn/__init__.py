@@ -39,7 +39,9 @@ from convae_lightning.nn.pool import (
     pool_output_size,
 )
 from convae_lightning.nn.units import (
+    ACTIVATIONS,
     UNPOOL_MODES,
+    Activation,
     AutoencoderUnit,
     DecoderBlock,
     EncoderBlock,
@@ -48,6 +50,7 @@ from convae_lightning.nn.units import (
 )
 
 __all__ = [
+    "ACTIVATIONS",
     "CONV_IMPLS",
     "DECODER_CONV_MODES",
     "DECODER_IMPLS",
@@ -55,6 +58,7 @@ __all__ = [
     "FORWARD_VARIANTS",
     "SYNC_BIASES",
     "UNPOOL_MODES",
+    "Activation",
     "AutoencoderUnit",
     "BlindUpsample2d",
     "ConvImpl",

@@ -8,9 +8,10 @@ checkpoint transfer between autoencoders and classifiers rely on these names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple, get_args
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,16 +32,34 @@ from convae_lightning.nn.global_decode import (
 from convae_lightning.nn.pool import BlindUpsample2d, MaxPool2dSwitches, SwitchUnpool2d
 
 __all__ = [
+    "ACTIVATIONS",
     "UNPOOL_MODES",
+    "Activation",
     "AutoencoderUnit",
     "DecoderBlock",
     "EncoderBlock",
     "EncoderState",
     "UnpoolMode",
+    "check_activation",
 ]
 
 UnpoolMode = Literal["switch", "blind"]
 UNPOOL_MODES: tuple[str, ...] = get_args(UnpoolMode)
+#: The units' nonlinearity: ``relu`` (the thesis's) or ``tanh`` (its section 8 asks for it).
+Activation = Literal["relu", "tanh"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+_ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "tanh": torch.tanh}
+
+
+def check_activation(activation: str, arg_name: str = "activation") -> str:
+    """``activation`` itself when it is one of :data:`ACTIVATIONS`.
+
+    Raises:
+        ValueError: naming ``arg_name`` and the allowed values.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{arg_name} must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
 
 
 class EncoderState(NamedTuple):
@@ -51,15 +70,24 @@ class EncoderState(NamedTuple):
 
 
 class EncoderBlock(nn.Module):
-    """Convolution, max pooling (optional, possibly global), ReLU.
+    """Convolution, max pooling (optional, possibly global), ReLU (or ``activation``).
 
     Args:
         spec: The resolved layer.
         return_switches: Record pooling switches (autoencoders with switch unpooling).
-        relu: Apply the ReLU (off only for the "conv + inverse" architecture I of thesis 5.1).
+        relu: Apply the nonlinearity (off only for the "conv + inverse" architecture I of
+            thesis 5.1).
+        activation: Which nonlinearity: ``relu`` (the thesis's) or ``tanh``. A plain attribute
+            (no parameters): a model taking a checkpoint's encoder may re-set it.
     """
 
-    def __init__(self, spec: LayerSpec, return_switches: bool = False, relu: bool = True) -> None:
+    def __init__(
+        self,
+        spec: LayerSpec,
+        return_switches: bool = False,
+        relu: bool = True,
+        activation: Activation = "relu",
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.conv = EncoderConv2d(
@@ -72,6 +100,7 @@ class EncoderBlock(nn.Module):
             )
         self.return_switches = return_switches
         self.relu = relu
+        self.activation = check_activation(activation)
 
     def encode(self, x: Tensor) -> tuple[Tensor, EncoderState]:
         """``(B, C_in, H, W) -> (B, C_out, H', W')`` (H', W' after pooling) and the state."""
@@ -84,8 +113,9 @@ class EncoderBlock(nn.Module):
             else:
                 h = self.pool(h)  # (B, C_out, H', W')
         if self.relu:
-            # Pool then ReLU equals ReLU then pool (both monotone) and touches 4x fewer values.
-            h = F.relu(h)
+            # Pool then ReLU (or tanh) equals ReLU then pool (both monotone) and touches 4x
+            # fewer values.
+            h = _ACTIVATION_FUNCTIONS[self.activation](h)
         return h, EncoderState(switches, conv_hw)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,6 +129,7 @@ class DecoderBlock(nn.Module):
         encoder: The block this decoder inverts.
         unpool: ``switch`` (B.8.2) or ``blind`` (B.8.3).
         relu: Apply a ReLU to the input first (thesis 5.2's "decoder ReLU").
+        activation: The nonlinearity ``relu`` applies: ``relu`` or ``tanh`` (the encoder's).
         conv_mode: See :class:`~convae_lightning.nn.conv.DecoderConv2d`.
         impl: How the decoder convolution is computed.
         sync_bias: Bias of a ``transpose_sync`` decoder convolution (``zero`` or ``trained``).
@@ -112,6 +143,7 @@ class DecoderBlock(nn.Module):
         conv_mode: DecoderConvMode = "free",
         impl: DecoderImpl = "auto",
         sync_bias: SyncBias = "zero",
+        activation: Activation = "relu",
     ) -> None:
         super().__init__()
         if unpool not in UNPOOL_MODES:
@@ -119,6 +151,7 @@ class DecoderBlock(nn.Module):
         spec = encoder.spec
         self.unpool_mode = unpool
         self.relu = relu
+        self.activation = check_activation(activation)
         self.unpool: SwitchUnpool2d | BlindUpsample2d | None = None
         if spec.pool != "none":
             cls = SwitchUnpool2d if unpool == "switch" else BlindUpsample2d
@@ -140,7 +173,7 @@ class DecoderBlock(nn.Module):
     def forward(self, z: Tensor, state: EncoderState) -> Tensor:
         """``(B, C_out, H', W') -> (B, C_in, H, W)``: the encoder block's input shape."""
         if self.relu:
-            z = F.relu(z)
+            z = _ACTIVATION_FUNCTIONS[self.activation](z)
         if self.fuses_global_unpool and sparse_decode_allowed(z):
             conv = self.conv
             top, _, left, _ = same_padding(conv.kernel_size)
