@@ -88,7 +88,9 @@ def reconstruct(
             "`convae fit`): the features it was trained on cannot be rebuilt"
         )
     del ckpt  # the model loads it again; keep one copy of the weights in memory
-    dm = TimitDataModule(**{**data_hparams, "progress": False})
+    # LightningCLI records how it built the DataModule (``_instantiator``, ``_class_path``).
+    arguments = {k: v for k, v in data_hparams.items() if not k.startswith("_")}
+    dm = TimitDataModule(**{**arguments, "progress": False})
     dm.prepare_data()
     dm.setup()
     model = AUTOENCODERS[meta["kind"]].load_from_checkpoint(path, map_location="cpu").eval()

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_helpers import BIN, CONF, run_cli
+from conftest import TINY, cli_env
 from model_helpers import embedded_datamodule, tiny_trainer
 
 from convae_lightning.models import ConvAutoencoder, ForwardClassifier
@@ -41,6 +43,30 @@ def run(tmp_path_factory) -> dict:
 
 def wavs_of(files: list[Path]) -> dict[str, sf._SoundFileInfo]:
     return {p.stem.rsplit("-", 1)[1]: sf.info(p) for p in files if p.suffix == ".wav"}
+
+
+def test_a_checkpoint_written_by_convae_fit(tmp_path, cli_cache) -> None:
+    """The checkpoints users have: ``convae fit`` records how LightningCLI built the DataModule
+    (``_instantiator``) beside its arguments, which reconstruct must not pass on."""
+    args = [
+        "fit",
+        "--config",
+        str(CONF / "regular_ae.yaml"),
+        *TINY,
+        "--model.init_args.num_units",
+        "2",
+    ]
+    fit = run_cli("convae", args, tmp_path, cli_cache, "regular_ae")
+    assert fit.returncode == 0, fit.explain()
+    checkpoint = fit.run_dir / "checkpoints" / "last.ckpt"
+    out = tmp_path / "reconstructions"
+    command = [str(BIN / "convae"), "reconstruct", str(checkpoint), "--input", "chirp"]
+    done = subprocess.run(
+        [*command, "--out", str(out)],
+        env=cli_env(cli_cache), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "last-chirp.png").stat().st_size > 5000
 
 
 def test_chirp_writes_figure_and_audio_beside_the_checkpoint(run, capsys) -> None:
