@@ -212,6 +212,69 @@ def test_a_copied_study_reports_its_own_runs(built, study_folder, cli_cache, tmp
         }
 
 
+def test_baseline_pairs_each_run_with_the_baselines_run_of_the_same_seed(
+    study_folder, cli_cache, tmp_path
+):
+    """``--baseline``: blind minus switch, seed by seed, from the runs' own metrics.csv, with the
+    95% t-interval of two pairs (t = 12.706 at one degree of freedom)."""
+    root = study_folder.parents[1]
+    args = [f"runs/{STUDY}", "--rows", "model.init_args.unpool", "--baseline",
+            "model.init_args.unpool=switch", "--out", str(tmp_path)]  # fmt: skip
+    proc = report_cli(args, root, cli_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["field"]: r for r in read_csv(tmp_path / "paired.csv")}
+    assert {r["model.init_args.unpool"] for r in rows.values()} == {"blind"}
+    assert "epochs" not in rows and "wall_time" not in rows
+    row = rows[f"{OBJECTIVE}:best"]
+    trial = {key: n for n, key in enumerate(FINISHED)}
+    diffs = [
+        best_of(study_folder / f"trial_{trial['blind', seed]}", OBJECTIVE)
+        - best_of(study_folder / f"trial_{trial['switch', seed]}", OBJECTIVE)
+        for seed in (0, 1)
+    ]
+    assert (row["n"], row["seeds"]) == ("2", "0 1")
+    assert [float(d) for d in row["differences"].split()] == pytest.approx(diffs)
+    half = 12.706 * statistics.stdev(diffs) / 2**0.5
+    mean = statistics.fmean(diffs)
+    assert float(row["mean_difference"]) == pytest.approx(mean)
+    assert (float(row["low"]), float(row["high"])) == pytest.approx((mean - half, mean + half))
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Paired differences" in markdown
+    assert "| unpool=blind | val bal best |" in markdown
+    assert "Paired differences" in (tmp_path / "index.html").read_text()
+
+
+def test_a_baseline_key_outside_the_layout_is_refused(study_folder, cli_cache, tmp_path):
+    root = study_folder.parents[1]
+    args = [f"runs/{STUDY}", "--rows", "model.init_args.unpool", "--baseline", "seed=0",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    proc = report_cli(args, root, cli_cache)
+    assert proc.returncode == 2
+    assert "--baseline: 'seed' is not a layout key" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_study_folders_report_together(study_folder, cli_cache, tmp_path):
+    """A study split over two specs (Table 5 and its literal reading) reads as one table; the
+    first names the report and the summary names the other."""
+    root = tmp_path / "checkout"
+    shutil.copytree(
+        study_folder.parents[1], root, ignore=shutil.ignore_patterns("checkpoints", "report")
+    )
+    shutil.copytree(root / "runs" / STUDY, root / "runs" / "other")
+    args = [f"runs/{STUDY}", "runs/other", "--rows", "model.init_args.unpool"]
+    proc = report_cli(args, root, cli_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(root / "runs" / STUDY / "report" / "table.csv")
+    best = {r["model.init_args.unpool"]: r for r in rows if r["field"] == f"{OBJECTIVE}:best"}
+    assert best["switch"]["n"] == best["blind"]["n"] == "4"
+    links = best["blind"]["runs"].split()  # relative to runs/<study>/report/
+    folders = [link.rsplit("/", 1)[0] for link in links]
+    assert folders.count("..") == folders.count("../../other") == len(links) / 2
+    markdown = (root / "runs" / STUDY / "report" / "report.md").read_text()
+    assert f"- **reported beside it**: {STUDY} (" in markdown
+
+
 def test_run_globs_without_a_study(study_folder, cli_cache, tmp_path):
     """Plain run folders: rows are the keys that vary (the seed does not count)."""
     root = study_folder.parents[1]

@@ -21,7 +21,14 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from convae_lightning.report.content import Picture, Report
 from convae_lightning.report.figures import learning_curves_figure, save_png, study_figures
-from convae_lightning.report.render import render_csv, render_html, render_markdown, write_atomic
+from convae_lightning.report.paired import paired_differences, parse_baseline
+from convae_lightning.report.render import (
+    render_csv,
+    render_html,
+    render_markdown,
+    render_paired_csv,
+    write_atomic,
+)
 from convae_lightning.report.sources import RunEntry, collect
 from convae_lightning.report.table import build_table
 from convae_lightning.report.views import RunView
@@ -39,6 +46,7 @@ def build_report(
     metrics: Sequence[str] | None = None,
     fields: Sequence[str] | None = None,
     reference: str | None = None,
+    baseline: Sequence[str] | None = None,
     out: str | None = None,
     title: str | None = None,
     wandb: str | None = None,
@@ -60,6 +68,9 @@ def build_report(
         fields: Exact cell lines instead (``val/euclid_balanced:best``, ``test/euclid_balanced``,
             ``epochs``, ``wall_time``).
         reference: Markdown or CSV table of published values keyed like the layout.
+        baseline: ``KEY=VALUE`` words naming a baseline cell by the layout keys that differ
+            (``model.init_args.encoder=random``): every other cell's fields minus the
+            baseline's, paired by seed, with a 95% t-interval (``paired.csv``).
         out: Output folder; default ``runs/<study>/report/`` or ``report/`` beside the runs.
         title: Page title; default from the study or the runs.
         wandb: ``ENTITY/PROJECT``: also build a W&B Report there (needs network and login).
@@ -78,6 +89,7 @@ def build_report(
         parse_target(wandb)
     study, entries = collect(paths, storage, study_name)
     table = build_table(study, entries, rows, cols, metrics, fields, reference)
+    paired = paired_differences(table, parse_baseline(baseline, table)) if baseline else []
     out_dir = Path(out) if out else _default_out(study, entries)
     report = Report(
         title=title or _default_title(study, entries),
@@ -86,6 +98,7 @@ def build_report(
         entries=entries,
         study=study,
         command=command,
+        paired=paired,
     )
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -97,6 +110,8 @@ def build_report(
             stale.unlink()  # a condition or figure that is gone since the last build
     report.notes = _notes(report)
     write_atomic(out_dir / "table.csv", render_csv(report))
+    if baseline:
+        write_atomic(out_dir / "paired.csv", render_paired_csv(report))
     write_atomic(out_dir / "report.md", render_markdown(report))
     write_atomic(out_dir / "index.html", render_html(report))
     message = None
@@ -208,13 +223,14 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of these options.")
     parser.add_argument("paths", nargs="*", default=[], help=_arg_help("paths"))
-    for name in ("rows", "cols", "metrics", "fields"):
+    for name in ("rows", "cols", "metrics", "fields", "baseline"):
         parser.add_argument(f"--{name}", nargs="+", type=str, default=None, help=_arg_help(name))
     # `--study-name` as `convae sweep` spells it; jsonargparse's own spelling works too.
     help_text = _arg_help("study_name")
     parser.add_argument("--study-name", "--study_name", dest="study_name", help=help_text)
     parser.add_function_arguments(
-        build_report, skip={"paths", "rows", "cols", "metrics", "fields", "command", "study_name"}
+        build_report,
+        skip={"paths", "rows", "cols", "metrics", "fields", "baseline", "command", "study_name"},
     )
     return parser
 

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convae_lightning.report.paired import PairedDifference
 from convae_lightning.report.sources import RunEntry, StudyInfo
 from convae_lightning.report.table import Cell, ComparisonTable, Stat
 from convae_lightning.report.views import Field, RunView, format_value
@@ -60,6 +61,7 @@ class Report:
     figures: list[Picture] = field(default_factory=list)
     reconstructions: list[Picture] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    paired: list[PairedDifference] = field(default_factory=list)
 
     def link(self, path: Path) -> str:
         """``path`` relative to the report folder (links stay valid when both move together)."""
@@ -75,6 +77,32 @@ class Report:
         parts = [f"{self.table.key_label(k)}={format_value(view.key_value(k))}" for k in keys]
         return ", ".join(parts) or "all runs"
 
+    def paired_rows(self) -> list[dict[str, str]]:
+        """The paired differences as the page's rows: the cell, the field, the mean difference
+        to the baseline with its 95% interval, and the seeds paired."""
+        table = self.table
+        rows = []
+        for diff in self.paired:
+            keys = zip(table.row_keys + table.col_keys, diff.row + diff.col, strict=True)
+            interval = diff.interval
+            rows.append(
+                {
+                    "condition": ", ".join(
+                        f"{table.key_label(k)}={table.value_text(k, v)}" for k, v in keys
+                    ),
+                    "field": table.field_label(diff.field),
+                    "difference": format_number(diff.mean),
+                    "95% interval": (
+                        f"[{format_number(interval[0])}, {format_number(interval[1])}]"
+                        if interval
+                        else "—"
+                    ),
+                    "n": str(diff.n),
+                    "seeds": " ".join(diff.seeds),
+                }
+            )
+        return rows
+
     def study_summary(self) -> list[tuple[str, str]]:
         """(label, text) pairs describing the study; empty without one."""
         study = self.study
@@ -87,6 +115,12 @@ class Report:
             ("objective", f"{study.objective_metric or 'value'} ({', '.join(study.directions)})"),
             ("trials", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none"),
         ]
+        for companion in study.companions:
+            counts = Counter(t.state for t in companion.trials)
+            trials = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"
+            summary.append(
+                ("reported beside it", f"{companion.name} ({companion.storage}): {trials}")
+            )
         complete = [t for t in study.trials if t.state == "COMPLETE" and t.value is not None]
         if complete:
             maximise = study.directions[0] == "maximize"

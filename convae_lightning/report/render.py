@@ -132,6 +132,11 @@ def render_markdown(report: Report) -> str:
                 f"[{run['run']}]({run['run']})" if c == "run" else _md(run[c]) for c in columns
             ]
             out.append("| " + " | ".join(texts) + " |")
+    paired = report.paired_rows()
+    if paired:
+        out += ["", "## Paired differences", "", _paired_legend(report), ""]
+        out += ["| " + " | ".join(paired[0]) + " |", "|" + "---|" * len(paired[0])]
+        out += ["| " + " | ".join(_md(v) for v in line.values()) + " |" for line in paired]
     for title, pictures in (
         ("Figures", report.figures),
         ("Reconstructions", report.reconstructions),
@@ -163,7 +168,39 @@ def _legend(report: Report) -> str:
     return text
 
 
+def _paired_legend(report: Report) -> str:
+    return (
+        "Each condition's value minus its baseline's (the cell with the `--baseline` keys), run "
+        "by run of the same seed: mean difference and 95% Student-t interval over the pairs."
+    )
+
+
 # ----------------------------------------------------------------------------------- CSV
+def render_paired_csv(report: Report) -> str:
+    """``paired.csv``: one line per condition and field, its layout keys in full, the mean
+    difference to the baseline, the interval's bounds, the pairs and their differences."""
+    table = report.table
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = ["field", "mean_difference", "low", "high", "n", "seeds", "differences"]
+    writer.writerow([*table.row_keys, *table.col_keys, *columns])
+    for diff in report.paired:
+        low, high = diff.interval or (None, None)
+        writer.writerow(
+            [
+                *[_csv_key(v) for v in diff.row + diff.col],
+                diff.field.spec,
+                _csv_number(diff.mean),
+                _csv_number(low),
+                _csv_number(high),
+                diff.n,
+                " ".join(diff.seeds),
+                " ".join(repr(d) for d in diff.differences),
+            ]
+        )
+    return buffer.getvalue()
+
+
 def render_csv(report: Report) -> str:
     """``table.csv``: one line per row, column group and field (tidy, for pandas)."""
     table = report.table
@@ -316,6 +353,13 @@ def render_html(report: Report) -> str:
     else:
         out += _html_comparison(report)
     out += _html_runs(report)
+    paired = report.paired_rows()
+    if paired:
+        out += ["<h2>Paired differences</h2>", f"<p>{_e(_paired_legend(report))}</p>", "<table>"]
+        out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in paired[0]) + "</tr>")
+        for line in paired:
+            out.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in line.values()) + "</tr>")
+        out.append("</table>")
     images = report.out_dir / "images"
     for title, pictures in (
         ("Figures", report.figures),

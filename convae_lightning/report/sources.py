@@ -59,6 +59,9 @@ class StudyInfo:
     study: Any  # optuna.Study
     folder: Path | None  # runs/<study>/ when known
     trials: list[TrialInfo] = field(default_factory=list)
+    #: Studies reported beside this one (``convae report runs/a runs/b``): their runs are in the
+    #: table, while this, the first, names the report and gives its objective.
+    companions: list[StudyInfo] = field(default_factory=list)
 
     @property
     def objective_metric(self) -> str | None:
@@ -79,10 +82,12 @@ class StudyInfo:
         import optuna
 
         order: dict[str, list[Any]] = {}
-        for trial in self.study.get_trials(deepcopy=False):
-            for key, dist in trial.distributions.items():
-                if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                    order.setdefault(key, list(dist.choices))
+        for study in (self, *self.companions):
+            for trial in study.study.get_trials(deepcopy=False):
+                for key, dist in trial.distributions.items():
+                    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                        known = order.setdefault(key, [])
+                        known += [c for c in dist.choices if c not in known]
         return order
 
 
@@ -257,11 +262,14 @@ def collect(
 ) -> tuple[StudyInfo | None, list[RunEntry]]:
     """The study (if any) and every run of a report.
 
-    ``paths`` are run folders, globs, folders of runs, or a study folder ``runs/<study>/`` (whose
-    storage file is found there); ``storage``/``study_name`` name a study directly.
+    ``paths`` are run folders, globs, folders of runs, or study folders ``runs/<study>/`` (whose
+    storage file is found there); ``storage``/``study_name`` name a study directly. Several
+    study folders are reported together (one study split in two specs, e.g. Table 5 and its
+    literal reading): the first is the report's study, the others its ``companions``.
 
     Raises:
-        ValueError: for a path that matches nothing, two studies, or a study that cannot be read.
+        ValueError: for a path that matches nothing, a study folder beside ``storage``, or a
+            study that cannot be read.
     """
     study_folders, run_patterns = [], []
     for path in paths:
@@ -269,33 +277,39 @@ def collect(
             study_folders.append(Path(path))
         else:
             run_patterns.append(path)
-    if len(study_folders) > 1 or (study_folders and storage):
-        named = [str(f) for f in study_folders] + ([storage] if storage else [])
-        raise ValueError(f"a report covers one study; got {named}")
-    study = None
+    if study_folders and storage:
+        raise ValueError(f"give study folders or --storage, not both; got {study_folders[0]}")
+    if study_name and len(study_folders) > 1:
+        raise ValueError("--study_name names the study of one folder; got several folders")
+    studies = []
     if storage:
-        study = load_study(storage, study_name)
-    elif study_folders:
-        file = study_storage_in(study_folders[0])
+        studies.append(load_study(storage, study_name))
+    elif study_name and not study_folders:
+        raise ValueError("--study_name needs --storage URL or a study folder (runs/<study>/)")
+    for folder in study_folders:
+        file = study_storage_in(folder)
         assert file is not None
         url = f"sqlite:///{file.resolve()}" if file.suffix == ".db" else str(file)
-        study = load_study(url, study_name, folder=study_folders[0])
-    elif study_name:
-        raise ValueError("--study_name needs --storage URL or a study folder (runs/<study>/)")
+        studies.append(load_study(url, study_name, folder=folder))
+    study = studies[0] if studies else None
+    if study is not None:
+        study.companions = studies[1:]
 
     entries: dict[Path, RunEntry] = {}
-    if study is not None:
-        for trial in study.trials:
-            run_dir = _trial_run_dir(trial, study)
+    folders = []
+    for each in studies:
+        for trial in each.trials:
+            run_dir = _trial_run_dir(trial, each)
             if run_dir is None:
                 continue  # a trial that never got a run folder (e.g. waiting): nothing to show
             key = run_dir.resolve()
             entries[key] = RunEntry(run_dir, RunRecord.load(run_dir), trial)
-        if study.folder is not None:  # run folders of the study that no trial names
-            run_patterns.append(study.folder)
+        if each.folder is not None:  # run folders of the study that no trial names
+            folders.append(each.folder)
+    run_patterns += folders
     for pattern in run_patterns:
         found = find_runs([pattern])
-        if not found and not (study is not None and Path(pattern) == study.folder):
+        if not found and pattern not in folders:
             raise ValueError(f"{os.fspath(pattern)!r}: no run folders there (nor matching it)")
         for run_dir in found:
             entries.setdefault(run_dir, RunEntry(run_dir, RunRecord.load(run_dir)))
