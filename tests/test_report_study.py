@@ -239,9 +239,12 @@ def test_baseline_pairs_each_run_with_the_baselines_run_of_the_same_seed(
     assert float(row["mean_difference"]) == pytest.approx(mean)
     assert (float(row["low"]), float(row["high"])) == pytest.approx((mean - half, mean + half))
     markdown = (tmp_path / "report.md").read_text()
-    assert "## Paired differences" in markdown
     assert "| unpool=blind | val bal best |" in markdown
-    assert "Paired differences" in (tmp_path / "index.html").read_text()
+    # the answer sits under the comparison, before the (long) list of runs
+    assert markdown.index("## Comparison") < markdown.index("## Paired differences")
+    assert markdown.index("## Paired differences") < markdown.index("## Runs")
+    html = (tmp_path / "index.html").read_text()
+    assert html.index("<h2>Paired differences</h2>") < html.index("<h2>Runs</h2>")
 
 
 def test_a_baseline_key_outside_the_layout_is_refused(study_folder, cli_cache, tmp_path):
@@ -272,7 +275,8 @@ def test_two_study_folders_report_together(study_folder, cli_cache, tmp_path):
     folders = [link.rsplit("/", 1)[0] for link in links]
     assert folders.count("..") == folders.count("../../other") == len(links) / 2
     markdown = (root / "runs" / STUDY / "report" / "report.md").read_text()
-    assert f"- **reported beside it**: {STUDY} (" in markdown
+    assert f"- **reported beside it**: {STUDY} (sqlite:///runs/other/study.db)" in markdown
+    assert str(root) not in markdown  # a committed report names no machine's paths
 
 
 def test_run_globs_without_a_study(study_folder, cli_cache, tmp_path):

@@ -122,6 +122,11 @@ def render_markdown(report: Report) -> str:
             texts = report.row_texts(row) + [_md_cell(report, cell) for _, cell in cells]
             keys = [_md(t) for t in texts[: len(row)]]
             out.append("| " + " | ".join(keys + texts[len(row) :]) + " |")
+    paired = report.paired_rows()
+    if paired:
+        out += ["", "## Paired differences", "", _paired_legend(report), ""]
+        out += ["| " + " | ".join(paired[0]) + " |", "|" + "---|" * len(paired[0])]
+        out += ["| " + " | ".join(_md(v) for v in line.values()) + " |" for line in paired]
     runs = _run_rows(report)
     if runs:
         out += ["", "## Runs", ""]
@@ -132,11 +137,6 @@ def render_markdown(report: Report) -> str:
                 f"[{run['run']}]({run['run']})" if c == "run" else _md(run[c]) for c in columns
             ]
             out.append("| " + " | ".join(texts) + " |")
-    paired = report.paired_rows()
-    if paired:
-        out += ["", "## Paired differences", "", _paired_legend(report), ""]
-        out += ["| " + " | ".join(paired[0]) + " |", "|" + "---|" * len(paired[0])]
-        out += ["| " + " | ".join(_md(v) for v in line.values()) + " |" for line in paired]
     for title, pictures in (
         ("Figures", report.figures),
         ("Reconstructions", report.reconstructions),
@@ -352,7 +352,6 @@ def render_html(report: Report) -> str:
         out.append(f"<p>{_e(NO_RUNS)}</p>")
     else:
         out += _html_comparison(report)
-    out += _html_runs(report)
     paired = report.paired_rows()
     if paired:
         out += ["<h2>Paired differences</h2>", f"<p>{_e(_paired_legend(report))}</p>", "<table>"]
@@ -360,6 +359,7 @@ def render_html(report: Report) -> str:
         for line in paired:
             out.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in line.values()) + "</tr>")
         out.append("</table>")
+    out += _html_runs(report)
     images = report.out_dir / "images"
     for title, pictures in (
         ("Figures", report.figures),

@@ -289,7 +289,7 @@ def collect(
     for folder in study_folders:
         file = study_storage_in(folder)
         assert file is not None
-        url = f"sqlite:///{file.resolve()}" if file.suffix == ".db" else str(file)
+        url = f"sqlite:///{file}" if file.suffix == ".db" else str(file)
         studies.append(load_study(url, study_name, folder=folder))
     study = studies[0] if studies else None
     if study is not None:
