@@ -26,6 +26,7 @@ from report_helpers import (
     STUDY,
     build_tiny_study,
     convae,
+    fit_run,
     python,
     report_cli,
 )
@@ -351,6 +352,27 @@ def test_units_columns_of_a_real_stacked_run_with_the_thesis_beside(cli_cache, t
     assert ours[("1", "test/euclid_balanced:final")]["reference"] == "0.69"
     header = comparison_rows((tmp_path / "report/report.md").read_text())[0]
     assert header == "| units = 1 | units = 2 |"
+
+
+def test_units_columns_take_a_regular_runs_test_at_its_depth(cli_cache, tmp_path):
+    """A regular autoencoder's ``convae test`` of its best checkpoint is its test value at its
+    ``num_units`` (Table 4's regular rows), also in a copy without checkpoints (docs/results)."""
+    run = tmp_path / "runs/regular"
+    fit_run(tmp_path, cli_cache, run, [])
+    best = next((run / "checkpoints").glob("epoch=*.ckpt"))
+    args = ["test", "--config", str(run / "config.yaml"), "--trainer.limit_test_batches", "2",
+            "--ckpt_path", str(best)]  # fmt: skip
+    tested = convae(args, tmp_path, cli_cache)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    (expected,) = [float(r["test/euclid_balanced"]) for r in read_csv(run / "test_metrics.csv")]
+    shutil.copytree(run, tmp_path / "copy/regular", ignore=shutil.ignore_patterns("checkpoints"))
+    for folder in ("runs/regular", "copy/regular"):
+        out = tmp_path / "report" / folder
+        args = [folder, "--cols", "units", "--fields", "test/euclid_balanced", "--out", str(out)]
+        proc = report_cli(args, tmp_path, cli_cache)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ours = {(r["units"], r["field"]): r for r in read_csv(out / "table.csv")}
+        assert float(ours[("1", "test/euclid_balanced:final")]["mean"]) == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------------ headless browser

@@ -158,13 +158,19 @@ class RunView:
         return values[-1] if values else None
 
     def _checkpoint_depth(self, name: Any) -> int | None:
-        """Active units of an evaluated checkpoint: its own metadata, else ``unit{k}.ckpt``."""
+        """Active units of an evaluated checkpoint: its own metadata, else ``unit{k}.ckpt``,
+        else the depth its epoch (``epoch=N-...``) was trained at, else the run's final depth:
+        a regular autoencoder's checkpoints all have its ``num_units``, and a copied study
+        (docs/results) keeps ``test_metrics.csv`` but not the checkpoints."""
         stem = Path(str(name)).stem if name else ""
         info = self.entry.record.checkpoints.get(stem)
         if info is not None and info.active_units:
             return int(info.active_units)
-        match = re.fullmatch(r"unit(\d+)", stem)
-        return int(match[1]) if match else None
+        if match := re.fullmatch(r"unit(\d+)", stem):
+            return int(match[1])
+        if (match := re.match(r"epoch=(\d+)", stem)) and self._epoch_depth:
+            return self._epoch_depth.get(int(match[1]))
+        return final_depth(self.entry)
 
     def value(self, item: Field) -> float | None:
         """The field's value for this view, ``None`` when the run did not log it."""
