@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
+import numpy as np
 from rich.console import Console
 
 from convae_lightning.data.datamodule import TimitDataModule
 from convae_lightning.data.features import Representation
 from convae_lightning.data.index import CorpusOptions, SkippedFile, write_skipped_report
+from convae_lightning.data.profile import (
+    energy_profile,
+    padding_only_frames,
+    print_profile,
+    save_profile_figure,
+)
 from convae_lightning.data.splits import SplitScheme
 from convae_lightning.data.stats import corpus_stats, print_stats
 from convae_lightning.data.timit import OnError, embedded_corpus_root
@@ -61,10 +69,14 @@ def prepare(
     discard_longest: float = 0.05,
     num_frames: int | None = None,
     representation: Representation = "real",
+    n_mels: int = 40,
+    n_mfcc: int = 13,
     deltas: int = 0,
     on_error: OnError = "raise",
     seed: int = 0,
     workers: int | None = None,
+    profile: Literal["train", "val", "test"] | None = None,
+    profile_image: str | None = None,
 ) -> None:
     """Build the feature cache of a corpus (what a training run's prepare_data does).
 
@@ -77,13 +89,20 @@ def prepare(
         discard_longest: fraction of longest training phones discarded before padding.
         num_frames: force the patch width T.
         representation: real, magnitude, magnitude_phase, real_imag, log_mel or mfcc.
+        n_mels: mel bands of log_mel and mfcc.
+        n_mfcc: cepstral coefficients of mfcc.
         deltas: 0, 1 or 2 delta channels.
         on_error: raise on the first bad file, or skip bad files, each one listed (and in
             skipped.tsv in the cache folder).
         seed: seed of the validation-speaker choice.
         workers: processes extracting features (default: one per CPU core, at most 8, one for
             a small corpus; 1: this process only). The cache is the same whatever the count.
+        profile: also show where this split's mean-removed patches hold their squared norm
+            (what the Euclidean error weights): per frame, per row, and in the zero padding.
+        profile_image: also draw that profile into this PNG file (needs ``profile``).
     """
+    if profile_image is not None and profile is None:
+        raise ValueError("--profile_image needs --profile SPLIT (train, val or test)")
     datamodule = TimitDataModule(
         root=root,
         cache_dir=cache_dir,
@@ -93,6 +112,8 @@ def prepare(
         discard_longest=discard_longest,
         num_frames=num_frames,
         representation=representation,
+        n_mels=n_mels,
+        n_mfcc=n_mfcc,
         deltas=deltas,
         on_error=on_error,
         seed=seed,
@@ -115,3 +136,20 @@ def prepare(
         console.print(f"skipped {len(meta['skipped'])} bad file(s), listed in {report}:")
         for line in meta["skipped"]:
             console.print(f"  {line}", highlight=False, soft_wrap=True)
+    if profile is not None:
+        _profile(datamodule, profile, profile_image, console)
+
+
+def _profile(datamodule: TimitDataModule, split: str, image: str | None, console: Console) -> None:
+    spans = np.load(datamodule.cache_path / f"{split}_span.npy")
+    patches = np.load(datamodule.cache_path / f"{split}_x.npy", mmap_mode="r")
+    if len(patches) == 0:
+        raise ValueError(f"the {split} split of {datamodule.root} holds no phones to profile")
+    padding = padding_only_frames(
+        spans[:, 1] - spans[:, 0], datamodule.segment_length, patches.shape[-1], datamodule.features
+    )
+    result = energy_profile(patches, datamodule.mean_spectrogram, padding)
+    title = f"{datamodule.features.representation} patches, {split}"
+    print_profile(result, title, console)
+    if image is not None:
+        console.print(f"profile figure: {save_profile_figure(result, title, image)}")
