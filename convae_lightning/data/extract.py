@@ -95,6 +95,12 @@ def plan_chunks(
     return chunks
 
 
+def centred_offsets(lengths: np.ndarray, segment_length: int) -> np.ndarray:
+    """Where each phone of ``lengths`` samples starts in its zero-padded segment: centred
+    (thesis 2.1), the odd sample of padding after it."""
+    return (segment_length - np.asarray(lengths, dtype=np.int64)) // 2
+
+
 def extract_chunk(chunk: Chunk, extractor: PatchExtractor, segment_length: int) -> np.ndarray:
     """Decode, pad, transform and write one chunk; return the float64 sum of its patches.
 
@@ -117,7 +123,7 @@ def extract_chunk(chunk: Chunk, extractor: PatchExtractor, segment_length: int) 
             audio = torchaudio.functional.resample(
                 torch.from_numpy(audio), rate, sample_rate
             ).numpy()
-        offsets = pad + (segment_length - (ends - starts)) // 2
+        offsets = pad + centred_offsets(ends - starts, segment_length)
         for start, end, at in zip(starts.tolist(), ends.tolist(), offsets.tolist(), strict=True):
             piece = audio[start:end]
             batch[row, at : at + len(piece)] = piece

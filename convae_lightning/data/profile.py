@@ -1,4 +1,4 @@
-"""Where a patch's squared norm lies, for ``convae data profile``.
+"""Where a patch's squared norm lies, for ``convae data prepare --profile``.
 
 The Euclidean error weights each entry of a mean-removed patch by its square, so whatever holds
 most of the squared norm is what an autoencoder learns to draw first. For the real-part
@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from convae_lightning.data.extract import centred_offsets
 from convae_lightning.data.features import FeatureConfig
 
 #: Patches read at a time (a bound on memory, not a tuning knob).
@@ -47,12 +48,11 @@ def padding_only_frames(
 ) -> np.ndarray:
     """``(N, T)`` booleans: frames whose window lies wholly in the zero padding around a phone.
 
-    Phones are centred in ``segment_length`` samples (thesis 2.1, as the cache builder pads them);
-    frame ``t`` reads samples ``[t * hop, t * hop + win)`` of the segment.
+    Phones sit where the cache builder puts them (:func:`centred_offsets`); frame ``t`` reads
+    samples ``[t * hop, t * hop + win)`` of the segment.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    starts = (segment_length - lengths) // 2
-    ends = starts + lengths
+    starts = centred_offsets(lengths, segment_length)
+    ends = starts + np.asarray(lengths, dtype=np.int64)
     frame_starts = np.arange(num_frames) * features.hop_length
     frame_ends = frame_starts + features.win_length
     return (frame_ends[None, :] <= starts[:, None]) | (frame_starts[None, :] >= ends[:, None])
@@ -95,7 +95,7 @@ def energy_profile(
         raise ValueError("every patch equals the mean: there is no squared norm to profile")
     return EnergyProfile(
         patches=counted,
-        rms=float(np.sqrt(squared_sum / (counted * centred[0].size))),
+        rms=float(np.sqrt(squared_sum / (counted * mean.size))),
         frame_share=frame_sum / counted,
         row_share=row_sum / counted,
         padding_share=padding_sum / counted,
